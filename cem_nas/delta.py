@@ -1,16 +1,695 @@
-"""Unified diffs (deltas): make, parse, apply with verified fallback tiers."""
+"""Unified diffs (deltas): make, extract, parse and apply with verified fallback tiers.
+
+LLMs write diffs with wrong ``@@`` numbers, wrong counts, drifted whitespace, fences
+and chatter around them. The applier, not the format, carries reliability (Aider's
+unified-diff study), so :func:`apply_delta` tries tiers in order and records which one
+made the delta apply. Every tier verifies: a hunk is applied only where its old side
+(context and removed lines) is found, and a match found at several equally good places
+is refused.
+
+``strict``
+    unidiff parses the diff as written (headers, counts) and every hunk's old side
+    matches the source exactly at the header's line number.
+``recount``
+    counts and positions are recomputed from the hunk body (a lenient parser that also
+    takes ``@@ @@`` without numbers, missing ``---/+++`` headers and blank context lines
+    that lost their leading space); the old side must match exactly, at the header's
+    line or at one single place in the file.
+``content``
+    the old side is located by content alone, tolerating trailing whitespace, CRLF,
+    a missing final newline and a uniform indentation offset (the added lines are then
+    re-indented by the same offset; indentation is measured in characters).
+``partial``
+    only with ``partial=True``: the hunks that verify at the content tier are applied,
+    the others are reported in :attr:`Applied.hunks`.
+
+Ties: among candidate places of equal match quality (exact < whitespace-only <
+indentation offset), the one at the hunk header's old-side line wins if the header
+has numbers; otherwise several places mean the hunk is refused as ambiguous. The
+header number is only ever a tie-breaker, never a reason to apply.
+
+Truncated generations (cut by the token limit) are refused as ``parse_error`` when the
+last hunk is shorter than its header's counts on both sides *and* the text stops
+mid-line or inside an unclosed code fence. Pass the raw response (not ``.strip()``-ed),
+so that a missing final newline still means something.
+
+Whatever the input, :func:`apply_delta` returns an :class:`Applied` or raises
+:class:`DeltaError`; nothing else.
+"""
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import unidiff
+
+#: Largest delta (or LLM response) accepted, in characters. An LLM answer of 1,024
+#: new tokens is ~4k characters; a full-mode file of 200+ lines ~10k.
+MAX_DELTA_CHARS = 64_000
+#: Largest source or result accepted, in characters.
+MAX_RESULT_CHARS = 256_000
+#: Tier names, in the order they are tried.
+TIERS = ("strict", "recount", "content", "partial")
+#: Values of :attr:`DeltaError.kind`.
+ERROR_KINDS = ("parse_error", "apply_error")
+
+
+class DeltaError(Exception):
+    """A delta that could not be read (``parse_error``) or applied (``apply_error``)."""
+
+    def __init__(self, kind: str, message: str):
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"DeltaError kind must be one of {ERROR_KINDS}, got {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+@dataclass(frozen=True)
+class HunkResult:
+    """What happened to one hunk.
+
+    ``index`` is the hunk's position in the delta (0-based, as written); ``start`` the
+    1-based source line where its old side was applied (for a pure insertion: the line
+    it was inserted before); ``header_start`` the same number as the header claimed;
+    ``offset = start - header_start``; ``indent`` the indentation shift (characters)
+    applied to its added lines; ``message`` why it was not applied.
+    """
+
+    index: int
+    header: str
+    tier: str | None
+    applied: bool
+    start: int | None
+    header_start: int | None
+    offset: int | None
+    indent: int
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A delta applied: the new ``code``, the ``tier`` that made it apply, per-hunk details."""
+
+    code: str
+    tier: str
+    hunks: tuple[HunkResult, ...]
+
+
+# ---------------------------------------------------------------------------- counting
+
+_TOKEN_RE = re.compile(
+    r"[A-Za-z_]\w*"                      # identifiers and keywords
+    r"|\d[\w.]*"                         # numbers (incl. 1e-3, 0x1f, 3.5)
+    r"|\*\*=?|//=?|>>=?|<<=?|->|:="      # multi-character operators
+    r"|[-+*/%&|^@<>=!]="                 # augmented assignment and comparisons
+    r"|\S"                               # any other single character
+)
+
+
+def code_tokens(text: str) -> list[str]:
+    """Tokens of code by a simple regex: identifiers, numbers, operators, other characters.
+
+    A language-agnostic stand-in for a subword tokenizer, so lengths compare across LLMs.
+    String literals are split into their words; whitespace is not a token.
+
+    >>> code_tokens("x = nn.Conv2d(3, 16, kernel_size=3)")
+    ['x', '=', 'nn', '.', 'Conv2d', '(', '3', ',', '16', ',', 'kernel_size', '=', '3', ')']
+    """
+    return _TOKEN_RE.findall(text)
+
+
+def count_tokens(text: str) -> int:
+    """Number of :func:`code_tokens` in ``text``.
+
+    >>> count_tokens("return self.fc(x) ** 2")
+    9
+    """
+    return len(code_tokens(text))
+
+
+def count_lines(text: str) -> int:
+    """Number of lines; a last line without a final newline counts.
+
+    >>> count_lines(""), count_lines("a"), count_lines("a\\nb\\n"), count_lines("a\\n\\n")
+    (0, 1, 2, 2)
+    """
+    return text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+
+
+# ---------------------------------------------------------------------------- lines
+# A line is (text, eol): text without its "\n" (a "\r" stays part of the text), eol False
+# only for a last line lacking its final newline. Splitting on "\n" alone (not
+# str.splitlines) keeps form feeds and other separators inside lines, as diff tools do.
+
+Line = tuple[str, bool]
+
+
+def _split(text: str) -> list[Line]:
+    if not text:
+        return []
+    parts = text.split("\n")
+    if parts[-1] == "":
+        return [(p, True) for p in parts[:-1]]
+    return [(p, True) for p in parts[:-1]] + [(parts[-1], False)]
+
+
+def _join(lines: list[Line]) -> str:
+    return "".join(t + "\n" if eol else t for t, eol in lines)
 
 
 def make_delta(before: str, after: str, context: int = 3) -> str:
-    """Unified diff from ``before`` to ``after`` with ``a/net.py``/``b/net.py`` headers."""
+    """Unified diff from ``before`` to ``after`` with ``a/net.py``/``b/net.py`` headers.
+
+    Empty when the texts are equal. A last line without a final newline gets the
+    standard ``\\ No newline at end of file`` marker.
+
+    >>> print(make_delta("a\\nb\\nc\\n", "a\\nB\\nc\\n", context=1), end="")
+    --- a/net.py
+    +++ b/net.py
+    @@ -1,3 +1,3 @@
+     a
+    -b
+    +B
+     c
+    """
     lines = difflib.unified_diff(
-        before.splitlines(keepends=True),
-        after.splitlines(keepends=True),
+        [t + "\n" if eol else t for t, eol in _split(before)],
+        [t + "\n" if eol else t for t, eol in _split(after)],
         fromfile="a/net.py",
         tofile="b/net.py",
         n=context,
     )
     return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+
+
+# ---------------------------------------------------------------------------- parsing
+
+_HUNK_RE = re.compile(r"^@@+\s*(?:-(\d+)(?:,(\d+))?)?\s*(?:\+(\d+)(?:,(\d+))?)?\s*@@+")
+_FENCE_RE = re.compile(r"^\s{0,3}(```|~~~)\s*([\w+-]*)")
+_GIT_META_RE = re.compile(r"^(?:diff --git |index [0-9a-f]+\.\.[0-9a-f]+|(?:new|deleted) file mode )")
+
+
+@dataclass
+class _Hunk:
+    index: int
+    header: str
+    old_start: int | None
+    old_count: int | None
+    new_start: int | None
+    new_count: int | None
+    body: list[tuple[str, str, bool]]  # (tag in " +-", text, eol)
+    bare: list[bool]                   # the raw line was empty (a blank context line without its space)
+
+    @property
+    def old(self) -> list[Line]:
+        return [(t, eol) for tag, t, eol in self.body if tag != "+"]
+
+    @property
+    def new(self) -> list[Line]:
+        return [(t, eol) for tag, t, eol in self.body if tag != "-"]
+
+    @property
+    def has_marker(self) -> bool:
+        return any(not eol for _, _, eol in self.body)
+
+    def header_position(self) -> int | None:
+        """0-based index in the source that the header points at (insertion point if no old lines)."""
+        if self.old_start is None:
+            return None
+        return self.old_start if self.old_count == 0 else self.old_start - 1
+
+
+@dataclass
+class _Parsed:
+    hunks: list[_Hunk]
+    lines: list[str]      # the raw diff lines that were recognised, chatter removed
+
+
+def _fenced_blocks(raw: list[str]) -> list[tuple[str, list[str], bool]]:
+    """Code fences as (language, lines, closed); an unclosed fence runs to the end."""
+    blocks, i = [], 0
+    while i < len(raw):
+        m = _FENCE_RE.match(raw[i])
+        if not m:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(raw) and not _FENCE_RE.match(raw[j]):
+            j += 1
+        blocks.append((m.group(2).lower(), raw[i + 1 : j], j < len(raw)))
+        i = j + 1
+    return blocks
+
+
+def _close_hunk(hunk: _Hunk, consumed: list[str]) -> None:
+    """Drop trailing bare blank lines the header's counts do not ask for (chatter spacing)."""
+    while hunk.body and hunk.bare[-1]:
+        n_old = sum(tag != "+" for tag, _, _ in hunk.body)
+        n_new = sum(tag != "-" for tag, _, _ in hunk.body)
+        if hunk.old_count is not None and hunk.new_count is not None and n_old <= hunk.old_count and n_new <= hunk.new_count:
+            break
+        hunk.body.pop()
+        hunk.bare.pop()
+        consumed.pop()
+
+
+def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], bool]:
+    """Lenient unified-diff reader: hunks, the raw lines they came from, whether the last hunk runs to the end."""
+    hunks: list[_Hunk] = []
+    consumed: list[str] = []
+    current: _Hunk | None = None
+    after_file_header = False
+    for i, line in enumerate(raw):
+        if line.startswith("@@"):
+            if current is not None:
+                _close_hunk(current, consumed)
+            m = _HUNK_RE.match(line)
+            nums = [int(g) if g is not None else None for g in m.groups()] if m else [None] * 4
+            old_start, old_count, new_start, new_count = nums
+            if old_start is not None and old_count is None:
+                old_count = 1  # "@@ -5 +5 @@" means one line
+            if new_start is not None and new_count is None:
+                new_count = 1
+            current = _Hunk(len(hunks), line.rstrip("\r"), old_start, old_count, new_start, new_count, [], [])
+            hunks.append(current)
+            consumed.append(line)
+            after_file_header = False
+            continue
+        if line.startswith("--- ") and i + 1 < len(raw) and raw[i + 1].startswith("+++ "):
+            if current is not None:
+                _close_hunk(current, consumed)
+            current = None
+            consumed.append(line)
+            after_file_header = True
+            continue
+        if line.startswith("+++ ") and after_file_header and consumed and consumed[-1].startswith("--- "):
+            consumed.append(line)
+            continue
+        if current is None and after_file_header and line[:1] in (" ", "+", "-"):
+            # hunk body right after the file headers, the @@ line forgotten
+            current = _Hunk(len(hunks), "", None, None, None, None, [], [])
+            hunks.append(current)
+        if current is None:
+            if _GIT_META_RE.match(line):
+                consumed.append(line)
+            continue  # chatter between or around hunks
+        if line in ("", "\r"):
+            current.body.append((" ", line, True))
+            current.bare.append(True)
+        elif line[0] in " +-":
+            current.body.append((line[0], line[1:], True))
+            current.bare.append(False)
+        elif line[0] == "\\":
+            if current.body:
+                tag, text, _ = current.body[-1]
+                current.body[-1] = (tag, text, False)
+        else:
+            _close_hunk(current, consumed)
+            current = None
+            continue
+        consumed.append(line)
+    if current is not None:
+        _close_hunk(current, consumed)
+    return hunks, consumed, current is not None
+
+
+def _truncation(hunk: _Hunk, text_ends_midline: bool, fence_open: bool) -> str:
+    if hunk.old_count is None or hunk.new_count is None:
+        return ""
+    n_old, n_new = len(hunk.old), len(hunk.new)
+    if n_old < hunk.old_count and n_new < hunk.new_count and (text_ends_midline or fence_open):
+        where = "stops mid-line" if text_ends_midline else "ends inside an unclosed code fence"
+        return (f"the last hunk ({hunk.header}) has {n_old}/{hunk.old_count} old and {n_new}/{hunk.new_count} "
+                f"new lines and the text {where}: the output looks truncated")
+    return ""
+
+
+def _preview(text: str, n: int = 60) -> str:
+    return repr(text[:n] + ("..." if len(text) > n else ""))
+
+
+def _check_text(value: object, what: str, cap: int, kind: str) -> str:
+    if not isinstance(value, str):
+        raise DeltaError(kind, f"{what} must be str, got {type(value).__name__}")
+    if len(value) > cap:
+        raise DeltaError(kind, f"{what} has {len(value):,} characters, over the cap of {cap:,}")
+    return value
+
+
+def _parse(text: object) -> _Parsed:
+    text = _check_text(text, "delta", MAX_DELTA_CHARS, "parse_error")
+    raw = text.split("\n")
+    # the first fenced block that holds a diff, else the whole text (fences then count as chatter)
+    candidates = [(lines, closed) for _, lines, closed in _fenced_blocks(raw)] + [(raw, True)]
+    for lines, closed in candidates:
+        hunks, consumed, open_at_end = _parse_lines(lines)
+        if hunks:
+            break
+    else:
+        raise DeltaError(
+            "parse_error",
+            "no unified diff found: expected a hunk header like '@@ -12,4 +12,5 @@' (or '--- a/net.py' / "
+            f"'+++ b/net.py' headers) followed by lines starting with ' ', '+' or '-'; the text starts {_preview(text)}",
+        )
+    if not any(tag != " " for h in hunks for tag, _, _ in h.body):
+        raise DeltaError("parse_error", f"the diff has {len(hunks)} hunk(s) but no '+' or '-' line: it changes nothing")
+    # an unclosed fence runs to the end of the text, as does the whole text
+    runs_to_text_end = open_at_end and (lines is raw or not closed)
+    truncated = runs_to_text_end and _truncation(hunks[-1], not text.endswith("\n"), not closed)
+    if truncated:
+        raise DeltaError("parse_error", truncated)
+    return _Parsed(hunks, consumed)
+
+
+def extract_delta(text: str) -> str:
+    """The unified diff inside an LLM response: fences, chatter and stray text removed.
+
+    Raises :class:`DeltaError` (``parse_error``) if there is no diff.
+
+    >>> print(extract_delta("Sure! Here it is:\\n```diff\\n@@ -1 +1 @@\\n-a\\n+b\\n```\\nDone."), end="")
+    @@ -1 +1 @@
+    -a
+    +b
+    """
+    return "\n".join(_parse(text).lines) + "\n"
+
+
+def extract_code(text: str) -> str:
+    """The Python file inside a full-mode LLM answer: the largest python (or untagged) fence, else the text.
+
+    Raises :class:`DeltaError` (``parse_error``) when nothing code-like is there.
+
+    >>> extract_code("Here:\\n```python\\nimport torch\\nx = 1\\n```\\nok")
+    'import torch\\nx = 1\\n'
+    """
+    text = _check_text(text, "response", MAX_RESULT_CHARS, "parse_error")
+    blocks = [lines for lang, lines, _ in _fenced_blocks(text.split("\n")) if lang in ("", "python", "py", "python3")]
+    code = "\n".join(max(blocks, key=lambda b: sum(map(len, b)))) + "\n" if blocks else text
+    if not _CODE_LINE_RE.search(code):
+        raise DeltaError(
+            "parse_error",
+            "no Python code found: expected a ```python fence or lines such as 'import ...', 'def ...', "
+            f"'class ...' or assignments; the text starts {_preview(text)}",
+        )
+    return code
+
+
+_CODE_LINE_RE = re.compile(
+    r"^[ \t]*(?:(?:import|from|def|class|return|if|for|while|with|try)\b|@\w|[A-Za-z_][\w.\[\]]*[ \t]*=[^=])",
+    re.MULTILINE,
+)
+
+
+# ---------------------------------------------------------------------------- locating
+
+
+@dataclass
+class _Placement:
+    hunk: _Hunk
+    start: int            # 0-based source index where the old side begins (or insertion point)
+    length: int           # number of source lines replaced
+    new: list[Line]       # the lines that replace them
+    tier: str
+    indent: int = 0
+
+
+class _Miss(Exception):
+    """A hunk that could not be placed at this tier (internal; becomes a DeltaError)."""
+
+
+def _label(hunk: _Hunk) -> str:
+    return f"hunk {hunk.index + 1} ({hunk.header or 'no @@ header'})"
+
+
+def _insertion_point(hunk: _Hunk, n: int) -> int:
+    """Where a hunk without old-side lines goes: only the header can say."""
+    p = hunk.header_position()
+    if p is None:
+        raise _Miss(f"{_label(hunk)} has no context or removed lines and no line number: it cannot be located")
+    if not 0 <= p <= n:
+        raise _Miss(f"{_label(hunk)} inserts at line {p + 1}, past the end of the {n}-line source")
+    return p
+
+
+def _exact_at(src: list[Line], p: int, old: list[Line]) -> bool:
+    return 0 <= p and p + len(old) <= len(src) and src[p : p + len(old)] == old
+
+
+def _locate_strict(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
+    old = hunk.old
+    p = hunk.header_position() if old else _insertion_point(hunk, len(src))
+    if old and (p is None or not _exact_at(src, p, old)):
+        raise _Miss(f"{_label(hunk)}: old lines do not match at the header's line")
+    return _Placement(hunk, p, len(old), hunk.new, "strict")
+
+
+def _choose(hunk: _Hunk, places: list[int], what: str) -> int:
+    """The single place, or the header's place among several; else refuse as ambiguous."""
+    if len(places) == 1:
+        return places[0]
+    if hunk.header_position() in places:
+        return hunk.header_position()
+    shown = ", ".join(str(p + 1) for p in places[:6])
+    raise _Miss(
+        f"{_label(hunk)}: its old lines match {what} at {len(places)} places (lines {shown}): ambiguous; "
+        "add context lines that tell them apart or give the right @@ line number"
+    )
+
+
+def _locate_recount(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
+    old = hunk.old
+    if not old:
+        return _Placement(hunk, _insertion_point(hunk, len(src)), 0, hunk.new, "recount")
+    places = [p for p in _anchor_starts(src, old) if _exact_at(src, p, old)]
+    if not places:
+        raise _Miss(_explain_miss(src, hunk))
+    return _Placement(hunk, _choose(hunk, places, "exactly"), len(old), hunk.new, "recount")
+
+
+def _anchor_starts(src: list[Line], old: list[Line]) -> list[int]:
+    """Candidate starts: where the first non-blank old line occurs (stripped), shifted back."""
+    k = next((k for k, (t, _) in enumerate(old) if t.strip()), None)
+    if k is None:
+        return list(range(len(src) - len(old) + 1))
+    key = old[k][0].strip()
+    return [i - k for i, (t, _) in enumerate(src) if t.strip() == key and 0 <= i - k <= len(src) - len(old)]
+
+
+def _indent(text: str) -> int:
+    return len(text) - len(text.lstrip())
+
+
+def _content_match(src: list[Line], p: int, old: list[Line]) -> tuple[int, int] | None:
+    """(quality, indentation shift) of the old lines at ``p``, or None.
+
+    Quality 0: identical; 1: differs only in trailing whitespace, CR or final newline;
+    2: also a uniform indentation offset.
+    """
+    shift = None
+    for k, (t, _) in enumerate(old):
+        s = src[p + k][0].rstrip()
+        h = t.rstrip()
+        if not h or not s:
+            if h or s:
+                return None
+            continue
+        if s.lstrip() != h.lstrip():
+            return None
+        d = _indent(s) - _indent(h)
+        if shift is None:
+            shift = d
+        elif d != shift:
+            return None
+    shift = shift or 0
+    if shift:
+        return 2, shift
+    return (0 if src[p : p + len(old)] == old else 1), 0
+
+
+def _reindent(text: str, shift: int, pad: str) -> str:
+    if not text.strip() or shift == 0:
+        return text
+    if shift > 0:
+        return pad * shift + text
+    if _indent(text) < -shift:
+        raise _Miss(f"added line {text.strip()!r} is indented less than the indentation offset {shift}")
+    return text[-shift:]
+
+
+def _locate_content(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
+    old = hunk.old
+    if not old:
+        p, quality, shift = _insertion_point(hunk, len(src)), 0, 0
+    else:
+        scored = [(m, p) for p in _anchor_starts(src, old) if (m := _content_match(src, p, old)) is not None]
+        if not scored:
+            raise _Miss(_explain_miss(src, hunk))
+        best = min(m[0] for m, _ in scored)
+        p = _choose(hunk, [p for m, p in scored if m[0] == best], "equally well")
+        quality, shift = next(m for m, q in scored if q == p)
+    pad = next((s[0][0] for s, _ in zip(src[p:], old) if s[0][:1].isspace()), " ")
+    new: list[Line] = []
+    context = iter(src[p : p + len(old)])
+    for tag, t, eol in hunk.body:
+        if tag == "-":
+            next(context)
+        elif tag == " ":
+            new.append(next(context))  # the source's own line: its whitespace is kept
+        else:
+            t = t.removesuffix("\r")
+            new.append((_reindent(t, shift, pad) + ("\r" if crlf else ""), eol))
+    reaches_end = p + len(old) == len(src)
+    if new and reaches_end and not hunk.has_marker and src:
+        new[-1] = (new[-1][0], src[-1][1])  # no "\ No newline" marker: keep the file's final newline as it was
+    return _Placement(hunk, p, len(old), new, "recount" if quality == 0 else "content", shift)
+
+
+def _nearest_lines(line: str, src: list[Line], n: int = 3) -> list[tuple[int, str, float]]:
+    """The source lines most similar to ``line`` (difflib ratio >= 0.6), as (1-based number, text, ratio)."""
+    target = line.strip()
+    seen, scored = set(), []
+    for i, (t, _) in enumerate(src[:5000]):
+        s = t.strip()
+        if not s or s in seen:
+            continue
+        seen.add(s)
+        sm = difflib.SequenceMatcher(None, target, s)
+        if sm.real_quick_ratio() >= 0.6 and sm.quick_ratio() >= 0.6 and (r := sm.ratio()) >= 0.6:
+            scored.append((r, i + 1, t))
+    scored.sort(key=lambda x: -x[0])
+    return [(i, t, r) for r, i, t in scored[:n]]
+
+
+def _explain_miss(src: list[Line], hunk: _Hunk) -> str:
+    """Say which old line did not match and where the nearest similar source lines are."""
+    old = hunk.old
+    stripped = [t.strip() for t, _ in src]
+    best_p, best_hits = None, 0
+    if len(src) * len(old) <= 2_000_000:
+        for p in range(len(src) - len(old) + 1):
+            hits = sum(stripped[p + k] == t.strip() for k, (t, _) in enumerate(old))
+            if hits > best_hits:
+                best_p, best_hits = p, hits
+    if best_hits == len(old):
+        return (f"{_label(hunk)}: its old lines appear at source line {best_p + 1} but their indentation "
+                "does not shift uniformly there")
+    if best_p is not None:
+        k = next(k for k, (t, _) in enumerate(old) if stripped[best_p + k] != t.strip())
+        where = f"; the best partial match starts at source line {best_p + 1} ({best_hits} of {len(old)} old lines agree)"
+    else:
+        k = next((k for k, (t, _) in enumerate(old) if t.strip() not in stripped), 0)
+        where = ""
+    line = old[k][0]
+    near = _nearest_lines(line, src)
+    hint = ", ".join(f"{i}: {t.strip()!r} ({r:.2f})" for i, t, r in near) if near else "none similar"
+    return (f"{_label(hunk)}: context not found; old line {k + 1} {line.strip()!r} does not match the source"
+            f"{where}; nearest similar source lines: {hint}")
+
+
+# ---------------------------------------------------------------------------- applying
+
+
+def _unidiff_agrees(parsed: _Parsed) -> bool:
+    """unidiff accepts the diff as written (headers, counts) and reads it as we do."""
+    try:
+        files = unidiff.PatchSet("\n".join(parsed.lines) + "\n")
+    # unidiff raises assorted exception types on malformed text; any of them means "not strict"
+    except Exception:  # noqa: BLE001
+        return False
+    theirs = []
+    for f in files:
+        for h in f:
+            body = []
+            for line in h:
+                if line.line_type == "\\":
+                    if body:
+                        body[-1] = (body[-1][0], body[-1][1], False)
+                else:
+                    body.append((line.line_type, line.value.removesuffix("\n"), True))
+            theirs.append((h.source_start, h.source_length, body))
+    ours = [(h.old_start, h.old_count, h.body) for h in parsed.hunks]
+    return theirs == ours
+
+
+def _place_all(src: list[Line], hunks: list[_Hunk], locate: Callable, crlf: bool) -> tuple[list[_Placement], dict[int, str]]:
+    placed, missed = [], {}
+    for hunk in hunks:
+        try:
+            placed.append(locate(src, hunk, crlf))
+        except _Miss as e:
+            missed[hunk.index] = str(e)
+    return placed, missed
+
+
+def _compose(src: list[Line], placed: list[_Placement]) -> str:
+    placed = sorted(placed, key=lambda pl: (pl.start, pl.length))
+    for a, b in zip(placed, placed[1:]):
+        if b.start < a.start + a.length or (a.length == b.length == 0 and a.start == b.start):
+            raise DeltaError(
+                "apply_error",
+                f"{_label(a.hunk)} and {_label(b.hunk)} overlap (source lines {a.start + 1}-{a.start + a.length} "
+                f"and {b.start + 1}-{b.start + b.length}): merge them into one hunk",
+            )
+    out: list[Line] = []
+    pos = 0
+    for pl in placed:
+        out.extend(src[pos : pl.start])
+        out.extend(pl.new)
+        pos = pl.start + pl.length
+    out.extend(src[pos:])
+    out = [(t, True) for t, _ in out[:-1]] + out[-1:]  # only the last line may lack its newline
+    code = _join(out)
+    if len(code) > MAX_RESULT_CHARS:
+        raise DeltaError("apply_error", f"the result has {len(code):,} characters, over the cap of {MAX_RESULT_CHARS:,}")
+    return code
+
+
+def _results(placed: list[_Placement], hunks: list[_Hunk], missed: dict[int, str]) -> tuple[HunkResult, ...]:
+    by_index = {pl.hunk.index: pl for pl in placed}
+    out = []
+    for h in hunks:
+        header_pos = h.header_position()
+        header_start = None if header_pos is None else header_pos + 1
+        pl = by_index.get(h.index)
+        if pl is None:
+            out.append(HunkResult(h.index, h.header, None, False, None, header_start, None, 0, missed[h.index]))
+            continue
+        offset = None if header_start is None else pl.start + 1 - header_start
+        out.append(HunkResult(h.index, h.header, pl.tier, True, pl.start + 1, header_start, offset, pl.indent))
+    return tuple(out)
+
+
+def apply_delta(source: str, delta: str, partial: bool = False) -> Applied:
+    """Apply a unified diff (possibly wrapped in an LLM's answer) to ``source``.
+
+    Tries the tiers strict -> recount -> content (-> partial when ``partial=True``)
+    described in the module docstring; returns the first that places every hunk.
+    Raises :class:`DeltaError`: ``parse_error`` if no diff can be read, ``apply_error``
+    if a hunk's context is not found, is ambiguous, or hunks overlap.
+
+    >>> a = "def f(x):\\n    return x\\n"
+    >>> r = apply_delta(a, make_delta(a, "def f(x):\\n    return 2 * x\\n"))
+    >>> r.tier, r.code
+    ('strict', 'def f(x):\\n    return 2 * x\\n')
+    """
+    parsed = _parse(delta)
+    source = _check_text(source, "source", MAX_RESULT_CHARS, "apply_error")
+    src = _split(source)
+    crlf = sum(t.endswith("\r") for t, _ in src) * 2 > len(src)
+    passes = [("recount", _locate_recount), ("content", _locate_content)]
+    if _unidiff_agrees(parsed):
+        passes.insert(0, ("strict", _locate_strict))
+    for tier, locate in passes:
+        placed, missed = _place_all(src, parsed.hunks, locate, crlf)
+        if not missed:
+            return Applied(_compose(src, placed), tier, _results(placed, parsed.hunks, missed))
+    if partial and placed:
+        return Applied(_compose(src, placed), "partial", _results(placed, parsed.hunks, missed))
+    failed = "; ".join(missed[i] for i in sorted(missed))
+    raise DeltaError("apply_error", f"{len(missed)} of {len(parsed.hunks)} hunk(s) did not apply: {failed}")
