@@ -1,0 +1,563 @@
+"""The proxy score of a candidate: build, shape check, short training, test accuracy.
+
+The protocol is LEMUR's: ``Net(in_shape=(batch, C, H, W), out_shape=(num_classes,), prm,
+device)``, a forward pass on a small batch must give ``(batch, num_classes)``,
+``train_setup(prm)``, then ``learn(train_loader)`` once per epoch, then accuracy on the
+test split. ``prm`` holds the hyperparameters the candidate names in
+``supported_hyperparameters()``, with values from :class:`EvalSettings`. A trained
+candidate is ``ok`` only if its accuracy beats 1.2 x chance (LEMUR's bar); otherwise it
+is ``low_accuracy`` and keeps its score.
+
+Everything that touches candidate code runs in a sandbox child (:mod:`cem_nas.sandbox`).
+Use :class:`EvaluationPool` for many candidates (warm workers, a cache so an identical
+candidate is never trained twice); :func:`evaluate` is the one-off convenience.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import threading
+import time
+import traceback
+import types
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from cem_nas.records import EvalResult
+from cem_nas.sandbox import (REFUSALS, ChildOutcome, Limits, PolicyViolation, SandboxPool, SandboxRefusal,
+                             WorkerLost, check_policy, guarded_import, run_child)
+
+#: LEMUR's ``ok`` bar: accuracy must exceed this multiple of chance (1 / num_classes).
+CHANCE_FACTOR = 1.2
+
+#: Builtins withheld from candidate code at run time (the AST policy refuses them too).
+_WITHHELD_BUILTINS = ("open", "exec", "eval", "compile", "breakpoint", "input", "globals",
+                      "locals", "vars", "help", "exit", "quit", "memoryview")
+
+
+@dataclass
+class EvalSettings:
+    epochs: int = 1
+    """Training epochs of the proxy (LEMUR's first-epoch accuracy: 1)."""
+    batch_size: int = 64
+    """Training batch size (LEMUR default 64)."""
+    lr: float = 0.01
+    """Learning rate passed in prm['lr'] (LEMUR default 0.01)."""
+    momentum: float = 0.9
+    """Momentum passed in prm['momentum'] (LEMUR default 0.9)."""
+    dropout: float = 0.2
+    """Dropout passed in prm['dropout'] (LEMUR default 0.2)."""
+    timeout_s: float = 120.0
+    """Wall-clock limit of one proxy run (one seed) in seconds; past it the run is killed (timeout)."""
+    memory_mb: int = 2048
+    """Memory a proxy run may allocate beyond the warm worker's, in MB (address-space limit); 0 = no limit."""
+    cpu_s: int = 0
+    """CPU-time limit of one proxy run in seconds; 0 = timeout_s x threads + 5."""
+    threads: int = 1
+    """Numeric threads per sandbox worker (torch intra-op, OpenMP, MKL)."""
+    device: str = "cpu"
+    """Torch device candidates train on (cuda disables the address-space limit)."""
+    eval_batch_size: int = 256
+    """Batch size of the test-accuracy pass."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "threads", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"EvalSettings.timeout_s must be > 0, got {self.timeout_s}")
+        if self.memory_mb < 0 or self.cpu_s < 0:
+            raise ValueError("EvalSettings.memory_mb and cpu_s must be >= 0 (0 = default/no limit)")
+
+    @property
+    def prm(self) -> dict[str, float]:
+        """The hyperparameter values a candidate may ask for."""
+        return {"lr": self.lr, "momentum": self.momentum, "dropout": self.dropout}
+
+    def limits(self) -> Limits:
+        """The sandbox limits of one proxy run."""
+        memory = self.memory_mb if self.memory_mb and self.device == "cpu" else None
+        return Limits(timeout_s=self.timeout_s, cpu_s=self.cpu_s or None, memory_mb=memory,
+                      threads=self.threads)
+
+
+# ---------------------------------------------------------------------------- cache
+
+def normalise_code(code: str) -> str:
+    """Code with comments and formatting normalised (``ast.unparse(ast.parse(code))``),
+    so two candidates that differ only there share a cache entry; the raw text with
+    trailing whitespace stripped when it does not parse.
+
+    >>> normalise_code("x  =  1   # one\\n\\n") == normalise_code("x = 1")
+    True
+    """
+    try:
+        return ast.unparse(ast.parse(code))
+    except (SyntaxError, ValueError):
+        return "\n".join(line.rstrip() for line in code.strip().splitlines())
+
+
+def cache_key(code: str, settings: EvalSettings, seed: int, dataset_id: str = "") -> str:
+    """sha256 of (normalised code, settings, seed, dataset identity)."""
+    blob = json.dumps([normalise_code(code), dataclasses.asdict(settings), int(seed), dataset_id],
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class EvaluationCache:
+    """Results by :func:`cache_key`; thread-safe; JSON-able state for resume.
+
+    ``worker_lost`` results are not stored: they say nothing about the candidate.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, EvalResult] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key: str) -> EvalResult | None:
+        with self._lock:
+            found = self._entries.get(key)
+            self.hits += found is not None
+            return None if found is None else dataclasses.replace(found)
+
+    def put(self, key: str, result: EvalResult) -> None:
+        if result.status != "worker_lost":
+            with self._lock:
+                self._entries[key] = dataclasses.replace(result)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def state_dict(self) -> dict:
+        with self._lock:
+            return {"version": 1, "entries": {k: dataclasses.asdict(r) for k, r in self._entries.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"unknown evaluation-cache state version {state.get('version')!r}; expected 1")
+        with self._lock:
+            self._entries = {k: EvalResult(**r) for k, r in state["entries"].items()}
+
+
+# ---------------------------------------------------------------------------- child side
+
+class NonFiniteLoss(ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+
+class _LossWatch:
+    """Wraps a criterion: records each loss value and stops training at the first
+    non-finite one (the candidate might catch the exception; the flag survives)."""
+
+    def __init__(self, fn: Callable, monitor: dict) -> None:
+        self.fn, self.monitor = fn, monitor
+
+    def __call__(self, *args, **kwargs):
+        loss = self.fn(*args, **kwargs)
+        if hasattr(loss, "numel") and loss.numel() == 1:
+            value = float(loss.detach())
+            self.monitor["sum"] += value
+            self.monitor["count"] += 1
+            if not math.isfinite(value):
+                self.monitor["nonfinite"] = True
+                raise NonFiniteLoss(f"training loss became {value}")
+        return loss
+
+    def __getattr__(self, name):  # behave like the wrapped criterion otherwise
+        return getattr(self.fn, name)
+
+
+def _watch_criteria(model, monitor: dict) -> None:
+    for name in ("criteria", "criterion"):
+        crit = getattr(model, name, None)
+        if isinstance(crit, (tuple, list)):
+            setattr(model, name, type(crit)(_LossWatch(c, monitor) if callable(c) else c for c in crit))
+        elif callable(crit):
+            object.__setattr__(model, name, _LossWatch(crit, monitor))
+
+
+class BatchLoader:
+    """Re-iterable (x, y) batches of a tensor pair, reshuffled each epoch from a seed.
+
+    Every candidate with the same replicate seed sees the same batch order (common random
+    numbers make score differences between candidates less noisy). A last batch of one
+    sample is dropped: batch norm cannot train on it.
+    """
+
+    def __init__(self, x, y, batch_size: int, seed: int) -> None:
+        self.x, self.y, self.batch_size, self.seed, self.epoch = x, y, batch_size, seed, 0
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size + (n % self.batch_size > 1)
+
+    def __iter__(self):
+        import torch
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.y), generator=gen)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if len(idx) > 1:
+                yield self.x[idx], self.y[idx]  # index copies: in-place edits cannot reach the data
+
+
+def _candidate_line(tb) -> str:
+    lines = [f.lineno for f in traceback.extract_tb(tb) if f.filename == "<candidate>"]
+    return f" (candidate line {lines[-1]})" if lines else ""
+
+
+def _is_memory_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or any(s in text for s in (
+        "can't allocate memory", "Cannot allocate memory", "not enough memory", "bad_alloc",
+        "out of memory"))
+
+
+def _status_for(exc: BaseException, stage_status: str) -> str:
+    if REFUSALS or isinstance(exc, (SandboxRefusal, PolicyViolation)):
+        return "policy_violation"
+    if isinstance(exc, NonFiniteLoss):
+        return "nan_loss"
+    if _is_memory_error(exc):
+        return "memory_error"
+    return stage_status
+
+
+def _flops_per_sample(model, probe) -> int:
+    """Multiply-adds of matmuls and convolutions in one forward pass, per sample.
+
+    torch.utils.flop_counter counts 2 FLOPs per multiply-add of every matmul/conv op,
+    functional calls included; halved, this equals cem_nas.zoo.describe's Conv2d+Linear
+    multiply-add count on the zoo models. -1 when the counter fails on some op.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(probe)
+        return int(counter.get_total_flops()) // 2 // len(probe)
+    except Exception:
+        return -1
+
+
+def child_evaluate(state: dict, code: str, seed: int, settings: dict, emit: Callable[[dict], None]) -> None:
+    """The proxy run of one (candidate, seed), inside a sandbox child; emits the result.
+
+    Stages are announced before they start so a crash is attributed to the right one.
+    """
+    import torch
+    cfg = EvalSettings(**settings)
+    device = torch.device(cfg.device)
+    result: dict[str, Any] = {"seed": seed}
+    stage = "build_error"
+
+    def finish(status: str, message: str = "") -> None:
+        emit({"result": dict(result, status=status, message=message[:2000])})
+
+    try:
+        emit({"stage": stage})
+        module = types.ModuleType("candidate")
+        module.__dict__["__builtins__"] = dict(
+            {k: v for k, v in vars(builtins).items() if k not in _WITHHELD_BUILTINS},
+            __import__=guarded_import)
+        sys.modules["candidate"] = module  # dataclasses in candidate code look their module up
+        exec(compile(code, "<candidate>", "exec"), module.__dict__)  # the sandbox child is the point
+        for attr in ("Net", "supported_hyperparameters"):
+            if not callable(getattr(module, attr, None)):
+                return finish("build_error", f"the file defines no callable `{attr}` (LEMUR model interface)")
+        wanted = set(module.supported_hyperparameters())
+        missing = sorted(wanted - set(cfg.prm))
+        if missing:
+            return finish("build_error", f"supported_hyperparameters() asks for {missing}; "
+                                         f"the settings provide {sorted(cfg.prm)}")
+        prm = {k: v for k, v in cfg.prm.items() if k in wanted}
+        torch.manual_seed(seed)
+        x_train, y_train = state["x_train"], state["y_train"]
+        in_shape = (cfg.batch_size, *x_train.shape[1:])
+        model = module.Net(in_shape, (state["num_classes"],), prm, device)
+        result["params"] = int(sum(p.numel() for p in model.parameters()))
+
+        stage = "shape_error"
+        emit({"stage": stage})
+        probe = x_train[:2].to(device)
+        model.eval()
+        with torch.no_grad():
+            out = model(probe)
+        expected = (len(probe), state["num_classes"])
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            return finish("shape_error", f"forward gave {got} for input {tuple(probe.shape)}; expected {expected}")
+        result["flops"] = _flops_per_sample(model, probe)
+
+        stage = "build_error"
+        emit({"stage": "train_setup"})
+        model.train_setup(prm)
+        monitor = {"sum": 0.0, "count": 0, "nonfinite": False}
+        _watch_criteria(model, monitor)
+
+        stage = "train_error"
+        emit({"stage": stage})
+        loader = BatchLoader(x_train, y_train, cfg.batch_size, seed)
+        start = time.perf_counter()
+        for _ in range(cfg.epochs):
+            monitor.update(sum=0.0, count=0)
+            model.learn(loader)
+            if monitor["nonfinite"]:
+                raise NonFiniteLoss("training loss became non-finite (exception caught by the candidate)")
+        result["train_seconds"] = time.perf_counter() - start
+        if monitor["count"]:
+            result["loss"] = monitor["sum"] / monitor["count"]
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise NonFiniteLoss("parameters are not finite after training")
+
+        emit({"stage": "eval"})
+        start = time.perf_counter()
+        model.eval()
+        correct = 0
+        x_test, y_test = state["x_test"], state["y_test"]
+        with torch.no_grad():
+            for i in range(0, len(y_test), cfg.eval_batch_size):
+                out = model(x_test[i:i + cfg.eval_batch_size].to(device))
+                if not bool(torch.isfinite(out).all()):
+                    raise NonFiniteLoss("test outputs are not finite")
+                correct += int((out.argmax(1).cpu() == y_test[i:i + cfg.eval_batch_size]).sum())
+        result["eval_seconds"] = time.perf_counter() - start
+        result["accuracy"] = correct / len(y_test)
+        ok = result["accuracy"] > CHANCE_FACTOR / state["num_classes"]
+        if REFUSALS:
+            return finish("policy_violation", f"refused: {REFUSALS[0]}")
+        return finish("ok" if ok else "low_accuracy",
+                      "" if ok else f"accuracy {result['accuracy']:.4f} <= {CHANCE_FACTOR} x chance")
+    except BaseException as exc:  # anything the candidate raises is its status
+        what = f"refused: {REFUSALS[0]}" if REFUSALS else f"{type(exc).__name__}: {exc}"
+        failed = (_status_for(exc, stage), what + _candidate_line(exc.__traceback__))
+    # Outside the except block: the traceback, and the frames holding whatever exhausted
+    # memory, are released before the report is serialised.
+    finish(*failed)
+
+
+# ---------------------------------------------------------------------------- worker side
+
+def worker_init(arrays: dict, num_classes: int, device: str) -> dict:
+    """Worker state: the dataset as private tensors, models warmed up once so children
+    inherit torch's lazily loaded code instead of loading it each time."""
+    import torch
+    state = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+    state["num_classes"] = num_classes
+    _, c, h, w = state["x_train"].shape
+    net = torch.nn.Sequential(torch.nn.Conv2d(c, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * h * w, num_classes))
+    net(state["x_train"][:2])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    torch.nn.functional.cross_entropy(net(state["x_train"][:4]), state["y_train"][:4]).backward()
+    opt.step()
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: F401 (warm import)
+    return state
+
+
+#: Statuses that do not depend on the replicate seed: later seeds reuse the first result.
+_SEED_INDEPENDENT = ("syntax_error", "policy_violation", "build_error", "shape_error", "timeout",
+                     "memory_error")
+
+
+def outcome_result(outcome: ChildOutcome, seed: int, limits: Limits) -> EvalResult:
+    """The EvalResult of one child, from what it sent and how it ended."""
+    stage = "build_error"
+    refused = ""
+    for msg in outcome.messages:
+        if "result" in msg:
+            data = {k: v for k, v in msg["result"].items() if k in _RESULT_FIELDS}
+            data["seed"] = seed
+            try:
+                return EvalResult(**data)
+            except (TypeError, ValueError) as exc:
+                return EvalResult("train_error", f"malformed result from the child: {exc}", seed=seed)
+        stage = {"train_setup": "build_error", "eval": "train_error"}.get(msg.get("stage"), msg.get("stage", stage))
+        refused = refused or msg.get("refused", "")
+    if stage not in ("build_error", "shape_error", "train_error"):
+        stage = "train_error"
+    if refused:
+        return EvalResult("policy_violation", f"refused: {refused}; the child then {outcome.describe()}", seed=seed)
+    how = outcome.describe()
+    if outcome.timed_out:
+        return EvalResult("timeout", f"exceeded the {limits.timeout_s:g} s wall-clock limit "
+                                     f"during {stage.replace('_error', '')}", seed=seed)
+    if outcome.signal == 24:  # SIGXCPU: the RLIMIT_CPU soft limit
+        return EvalResult("timeout", f"exceeded the CPU-time limit during {stage.replace('_error', '')}", seed=seed)
+    if outcome.signal == 9:  # not ours (ours is timed_out): the kernel's OOM killer
+        return EvalResult("memory_error", f"{how} (likely out of memory) during {stage.replace('_error', '')}",
+                          seed=seed)
+    harness = next((m["harness_error"] for m in outcome.messages if "harness_error" in m), "")
+    return EvalResult(stage, f"{how} without a result during {stage.replace('_error', '')}"
+                             + (f"; harness error: {harness}" if harness else ""), seed=seed)
+
+
+_RESULT_FIELDS = {f.name for f in dataclasses.fields(EvalResult)}
+
+
+def worker_handle(state: dict, payload: dict, workdir: str) -> list[dict]:
+    """Run the seeds of one candidate, each in its own child; a seed-independent failure
+    is not repeated for the remaining seeds."""
+    settings = EvalSettings(**payload["settings"])
+    limits = dataclasses.replace(settings.limits(), protect=tuple(payload.get("protect", ())))
+    out: list[EvalResult] = []
+    for seed in payload["seeds"]:
+        if out and out[0].status in _SEED_INDEPENDENT:
+            out.append(dataclasses.replace(out[0], seed=seed, message=f"{out[0].message} (as seed {out[0].seed}; not rerun)"))
+            continue
+        outcome = run_child(child_evaluate, (state, payload["code"], seed, payload["settings"]), limits, workdir)
+        out.append(outcome_result(outcome, seed, limits))
+    return [dataclasses.asdict(r) for r in out]
+
+
+# ---------------------------------------------------------------------------- parent side
+
+def static_result(code: str, seeds: Sequence[int]) -> list[EvalResult] | None:
+    """syntax_error / policy_violation results without running anything, or None."""
+    try:
+        check_policy(code)
+    except SyntaxError as exc:
+        status, message = "syntax_error", f"line {exc.lineno}: {exc.msg}"
+    except PolicyViolation as exc:
+        status, message = "policy_violation", str(exc)
+    else:
+        return None
+    return [EvalResult(status, message, seed=s) for s in seeds]
+
+
+def _dataset_id(dataset) -> str:
+    return json.dumps([getattr(dataset, "name", ""), list(dataset.in_shape), int(dataset.num_classes),
+                       len(dataset.y_train), len(dataset.y_test)])
+
+
+class EvaluationPool:
+    """Warm sandbox workers evaluating candidates on one dataset, with a result cache.
+
+    >>> # with EvaluationPool(dataset, EvalSettings()) as pool:
+    >>> #     results = pool.submit(code, seeds=(0, 1)).result()
+
+    ``dataset`` needs x_train, y_train, x_test, y_test (tensors), in_shape (C, H, W) and
+    num_classes (a :class:`cem_nas.data.Dataset`). ``workers`` defaults to
+    cpu_count // settings.threads. ``protect`` lists directories whose files a candidate
+    may not even read (the run directory, say); writes are refused everywhere.
+    """
+
+    def __init__(self, dataset, settings: EvalSettings | None = None, workers: int | None = None,
+                 cache: EvaluationCache | None = None, protect: Sequence[str] = ()) -> None:
+        for attr in ("x_train", "y_train", "x_test", "y_test", "in_shape", "num_classes"):
+            if not hasattr(dataset, attr):
+                raise TypeError(f"dataset lacks `{attr}`; pass a cem_nas.data.Dataset "
+                                "(x_train, y_train, x_test, y_test tensors, in_shape, num_classes)")
+        if len(dataset.y_test) == 0 or len(dataset.y_train) < 2:
+            raise ValueError("dataset needs at least 2 training and 1 test example")
+        self.settings = settings or EvalSettings()
+        self.cache = cache if cache is not None else EvaluationCache()
+        self._dataset_id = _dataset_id(dataset)
+        self._protect = tuple(str(p) for p in protect)
+        arrays = {k: getattr(dataset, k).detach().cpu().contiguous().numpy()
+                  for k in ("x_train", "y_train", "x_test", "y_test")}
+        self._pool = SandboxPool("cem_nas.evaluate:worker_init",
+                                 (arrays, int(dataset.num_classes), self.settings.device),
+                                 "cem_nas.evaluate:worker_handle", workers=workers,
+                                 threads=self.settings.threads)
+
+    @property
+    def workers(self) -> int:
+        return self._pool.size
+
+    def worker_pids(self) -> list[int]:
+        return self._pool.worker_pids()
+
+    def key(self, code: str, seed: int) -> str:
+        return cache_key(code, self.settings, seed, self._dataset_id)
+
+    def submit(self, code: str, seeds: Sequence[int] = (0,)) -> Future:
+        """A future of one EvalResult per seed (in order). Cached seeds are not rerun."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, got {type(code).__name__}")
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("seeds is empty; pass at least one replicate seed, e.g. (0,)")
+        fut: Future = Future()
+        keys = [self.key(code, s) for s in seeds]
+        cached = {s: self.cache.get(k) for s, k in zip(seeds, keys)}
+        todo = [s for s in seeds if cached[s] is None]
+        if not todo:
+            fut.set_result([cached[s] for s in seeds])
+            return fut
+        static = static_result(code, todo)
+        if static is not None:
+            self._complete(fut, seeds, keys, cached, static)
+            return fut
+        payload = {"code": code, "seeds": todo, "settings": dataclasses.asdict(self.settings),
+                   "protect": self._protect}
+        # Every seed may run to its limit; the worker needs a margin to report back.
+        inner = self._pool.submit(payload, deadline_s=len(todo) * (self.settings.timeout_s + 10) + 30)
+
+        def done(f: Future) -> None:
+            try:
+                fresh = [EvalResult(**r) for r in f.result()]
+            except WorkerLost as exc:
+                fresh = [EvalResult("worker_lost", str(exc), seed=s) for s in todo]
+            except Exception as exc:  # a bug in the harness, not the candidate: surface it
+                fut.set_exception(exc)
+                return
+            self._complete(fut, seeds, keys, cached, fresh)
+
+        inner.add_done_callback(done)
+        return fut
+
+    def _complete(self, fut: Future, seeds, keys, cached, fresh: list[EvalResult]) -> None:
+        it = iter(fresh)
+        out = []
+        for s, k in zip(seeds, keys):
+            r = cached[s]
+            if r is None:
+                r = next(it)
+                self.cache.put(k, r)
+            out.append(r)
+        fut.set_result(out)
+
+    def evaluate(self, code: str, seeds: Sequence[int] = (0,)) -> list[EvalResult]:
+        """Blocking :meth:`submit`."""
+        return self.submit(code, seeds).result()
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> "EvaluationPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def evaluate(code: str, dataset, epochs: int = 1, seeds: Sequence[int] = (0,), prm: dict | None = None,
+             batch_size: int = 64, timeout: float = 120.0, memory_mb: int = 2048,
+             settings: EvalSettings | None = None) -> list[EvalResult]:
+    """Proxy-evaluate one candidate in a one-off sandbox worker: one EvalResult per seed.
+
+    Starting a worker costs an interpreter start with torch; for many candidates keep an
+    :class:`EvaluationPool` open. ``prm`` overrides lr/momentum/dropout; ``settings``, when
+    given, replaces the other keyword settings.
+    """
+    if settings is None:
+        unknown = sorted(set(prm or {}) - {"lr", "momentum", "dropout"})
+        if unknown:
+            raise ValueError(f"prm keys {unknown} are not settable; use lr, momentum, dropout")
+        settings = EvalSettings(epochs=epochs, batch_size=batch_size, timeout_s=timeout,
+                                memory_mb=memory_mb, **(prm or {}))
+    static = static_result(code, seeds)
+    if static is not None:
+        return static
+    with EvaluationPool(dataset, settings, workers=1) as pool:
+        return pool.evaluate(code, seeds)
