@@ -417,20 +417,12 @@ def _read_celeba(root: Path, options: dict) -> _Raw:
                 md5=_md5_report("CelebA", root, checks))
 
 
-def _torchvision_download(tv_class: str, *splits: dict[str, Any]) -> Callable[[Path, dict], None]:
-    """A downloader: torchvision's class built with download=True once per split's kwargs.
+def _tv_download(tv_class: str, root: Path, *splits: dict[str, Any]) -> None:
+    """Let torchvision's class fetch (and md5-check) its archives: built with download=True."""
+    import torchvision.datasets as tvd
 
-    A string value "$option" in the kwargs stands for that resolved option.
-    """
-
-    def download(root: Path, options: dict) -> None:
-        import torchvision.datasets as tvd
-
-        for kwargs in splits or ({},):
-            resolved = {k: options[v[1:]] if str(v).startswith("$") else v
-                        for k, v in kwargs.items()}
-            getattr(tvd, tv_class)(str(root), download=True, **resolved)
-    return download
+    for kwargs in splits or ({},):
+        getattr(tvd, tv_class)(str(root), download=True, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -458,31 +450,31 @@ _SOURCES: dict[str, _Source] = {
         "object class (10 classes)",
         expected=lambda o: [f"cifar-10-batches-py/{f}"
                             for f in _CIFAR10_BATCHES + ["test_batch", "batches.meta"]],
-        download=_torchvision_download("CIFAR10"),
+        download=lambda root, o: _tv_download("CIFAR10", root),
         obtain="extract cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) there"),
     "cifar100": _Source(
         _cifar_reader("CIFAR100", "cifar-100-python", "fine_labels", "fine_label_names",
                       ["train"], ["test"], "meta"),
         "fine object class (100 classes)",
         expected=lambda o: [f"cifar-100-python/{f}" for f in ("train", "test", "meta")],
-        download=_torchvision_download("CIFAR100"),
+        download=lambda root, o: _tv_download("CIFAR100", root),
         obtain="extract cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) there"),
     "mnist": _Source(
         _read_mnist, "digit 0-9 (10 classes)",
         expected=lambda o: [f"MNIST/raw/{f}" for f in (
             "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")],
-        download=_torchvision_download("MNIST"),
+        download=lambda root, o: _tv_download("MNIST", root),
         obtain="put the four decompressed idx files (https://yann.lecun.com/exdb/mnist/) there"),
     "svhn": _Source(
         _read_svhn, "house-number digit 0-9 (10 classes; the files' label 10 is digit 0)",
         expected=lambda o: ["train_32x32.mat", "test_32x32.mat"],
-        download=_torchvision_download("SVHN", {"split": "train"}, {"split": "test"}),
+        download=lambda root, o: _tv_download("SVHN", root, {"split": "train"}, {"split": "test"}),
         obtain="put the cropped-digit .mat files (http://ufldl.stanford.edu/housenumbers/) there"),
     "imagenette": _Source(
         _read_imagenette, "ImageNet class among 10 (tench ... parachute)",
         expected=lambda o: [f"{_imagenette_folder(o)}/{s}/<wnid>/*.JPEG" for s in ("train", "val")],
-        download=_torchvision_download("Imagenette", {"size": "$imagenette_size"}),
+        download=lambda root, o: _tv_download("Imagenette", root, {"size": o["imagenette_size"]}),
         obtain="extract the imagenette2 archive of that size "
                "(https://github.com/fastai/imagenette) there",
         options={"imagenette_size": IMAGENETTE_DEFAULT_SIZE}, default_hw=FOLDER_DEFAULT_HW),
@@ -490,7 +482,7 @@ _SOURCES: dict[str, _Source] = {
         _read_celeba, "binary: does the face show the chosen attribute (default Smiling)",
         expected=lambda o: ["celeba/img_align_celeba/*.jpg", "celeba/list_attr_celeba.txt",
                             "celeba/list_eval_partition.txt"],
-        download=_torchvision_download("CelebA"),
+        download=lambda root, o: _tv_download("CelebA", root),
         obtain="put the aligned CelebA images and annotation files "
                "(https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) there",
         options={"celeba_attribute": CELEBA_DEFAULT_ATTRIBUTE}, default_hw=FOLDER_DEFAULT_HW),
@@ -509,10 +501,13 @@ def names() -> list[str]:
 # ------------------------------------------------------------------------ availability
 
 
+def _anchor(root: Path, pattern: str) -> Path:
+    """The path an expected pattern stands for: "<dir>/*.ext" or "<dir>/<wnid>/..." is <dir>."""
+    return root / pattern.split("/<")[0].split("/*")[0]
+
+
 def _present(root: Path, pattern: str) -> bool:
-    """Whether an expected path exists; a "<dir>/*.ext" pattern needs the directory only."""
-    head = pattern.split("/<")[0].split("/*")[0]
-    return (root / head).exists()
+    return _anchor(root, pattern).exists()
 
 
 def _ensure_files(name: str, source: _Source, root: Path, options: dict, download: bool) -> None:
@@ -547,7 +542,7 @@ def _fingerprint(source: _Source, root: Path, options: dict) -> list:
             return [source.package, None]
     stats = []
     for pattern in source.expected(options):
-        stat = (root / pattern.split("/<")[0].split("/*")[0]).stat()
+        stat = _anchor(root, pattern).stat()
         stats.append([pattern, stat.st_size, stat.st_mtime_ns])
     return stats
 
