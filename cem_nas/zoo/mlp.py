@@ -29,7 +29,7 @@ class Net(nn.Module):
     def train_setup(self, prm):
         self.to(self.device)
         self.criteria = (nn.CrossEntropyLoss().to(self.device),)
-        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm['lr'], momentum=prm['momentum'])
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=prm['lr'] * 0.1)
 
     def learn(self, train_data):
         self.train()

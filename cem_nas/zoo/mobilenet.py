@@ -13,10 +13,10 @@ class DepthwiseSeparable(nn.Module):
         self.block = nn.Sequential(
             nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in),
             nn.BatchNorm2d(c_in),
-            nn.ReLU(),
+            nn.ReLU6(),
             nn.Conv2d(c_in, c_out, 1),
             nn.BatchNorm2d(c_out),
-            nn.ReLU(),
+            nn.ReLU6(),
         )
 
     def forward(self, x):
@@ -30,7 +30,7 @@ class Net(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_shape[1], 16, 3, stride=2, padding=1),
             nn.BatchNorm2d(16),
-            nn.ReLU(),
+            nn.ReLU6(),
             DepthwiseSeparable(16, 32),
             DepthwiseSeparable(32, 64, stride=2),
             DepthwiseSeparable(64, 64),
