@@ -1,0 +1,394 @@
+"""Deltas: round trips, every tier on a known perturbation, adversarial input, fuzzing."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cem_nas import delta as D
+from cem_nas import zoo
+from cem_nas.delta import DeltaError, apply_delta, count_lines, count_tokens, extract_code, extract_delta, make_delta
+
+# Two identical residual blocks (lines 12-15 and 18-21) make ambiguous context possible.
+SAMPLE = '''import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        self.stem = nn.Conv2d(in_shape[1], 32, 3, padding=1)
+        self.head = nn.Linear(32, out_shape[0])
+
+    def block_a(self, x):
+        y = self.stem(x)
+        y = torch.relu(y)
+        y = y + x
+        return y
+
+    def block_b(self, x):
+        y = self.stem(x)
+        y = torch.relu(y)
+        y = y + x
+        return y
+
+    def forward(self, x):
+        x = self.block_a(self.stem(x))
+        x = self.block_b(x)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.head(x)
+
+    def train_setup(self, prm):
+        self.criteria = (nn.CrossEntropyLoss(),)
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm['lr'], momentum=prm['momentum'])
+
+    def learn(self, train_data):
+        for inputs, labels in train_data:
+            self.optimizer.zero_grad()
+            loss = self.criteria[0](self(inputs), labels)
+            loss.backward()
+            self.optimizer.step()
+'''
+
+# Two separate edits: the stem width (line 8-9) and a dropout before the head (line 27).
+TARGET = (SAMPLE.replace("32, 3, padding=1)", "64, 5, padding=2)")
+          .replace("nn.Linear(32,", "nn.Linear(64,")
+          .replace("        return self.head(x)\n", "        x = nn.functional.dropout(x, 0.2, self.training)\n        return self.head(x)\n"))
+
+
+def hunk_headers(delta: str) -> list[str]:
+    return [line for line in delta.split("\n") if line.startswith("@@")]
+
+
+def map_body(delta: str, f) -> str:
+    """Apply ``f`` to every hunk body line (not headers)."""
+    out = []
+    for line in delta.split("\n"):
+        body = line[:1] in (" ", "-", "+") and not line.startswith(("--- ", "+++ "))
+        out.append(f(line) if body else line)
+    return "\n".join(out)
+
+
+def shift_headers(delta: str, by: int) -> str:
+    return re.sub(r"@@ -(\d+)", lambda m: f"@@ -{int(m.group(1)) + by}", delta)
+
+
+def outcome(source: str, delta: str, **kw) -> tuple[str, object]:
+    """(tier, Applied) or (error kind, DeltaError): the two allowed endings."""
+    try:
+        r = apply_delta(source, delta, **kw)
+    except DeltaError as e:
+        return e.kind, e
+    return r.tier, r
+
+
+BASE = make_delta(SAMPLE, TARGET)
+
+
+def test_base_delta_has_two_hunks():
+    assert hunk_headers(BASE) == ["@@ -5,8 +5,8 @@", "@@ -24,6 +24,7 @@"]
+
+
+# ---------------------------------------------------------------------------- tiers on known perturbations
+
+CASES = {
+    # name: (delta, expected tier)
+    "exact": (BASE, "strict"),
+    "fenced with chatter": ("Sure! Here is the change:\n\n```diff\n" + BASE + "```\n\nThis widens the stem.\n", "strict"),
+    "reordered hunks": (
+        "--- a/net.py\n+++ b/net.py\n" + "@@" + BASE.split("\n@@")[2] + "\n@@" + BASE.split("\n@@")[1].rstrip("\n") + "\n",
+        "strict",
+    ),
+    "bare blank context line": (BASE.replace("\n \n", "\n\n"), "strict"),
+    "wrong line numbers": (shift_headers(BASE, 7), "recount"),
+    "wrong counts": (BASE.replace("@@ -5,8 +5,8 @@", "@@ -5,9 +5,7 @@").replace("@@ -24,6 +24,7 @@", "@@ -24,4 +24,5 @@"), "recount"),
+    "no numbers": (re.sub(r"@@ .* @@", "@@ @@", BASE), "recount"),
+    "missing file headers": (BASE.split("+++ b/net.py\n", 1)[1], "recount"),
+    "trailing whitespace drift": (map_body(BASE, lambda l: l + "  " if l[:1] == " " and l.strip() else l), "content"),
+    "crlf diff": (BASE.replace("\n", "\r\n"), "content"),
+    "indentation drift": (map_body(BASE, lambda l: l[0] + "    " + l[1:] if l[1:].strip() else l), "content"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_perturbed_delta_applies_at_expected_tier(name):
+    delta, tier = CASES[name]
+    got, r = outcome(SAMPLE, delta)
+    assert (got, r.code if got in D.TIERS else str(r)) == (tier, TARGET)
+    assert all(h.applied for h in r.hunks) and len(r.hunks) == len(hunk_headers(delta))
+
+
+def test_hunk_body_right_after_file_headers():
+    r = apply_delta(SAMPLE, "--- a/net.py\n+++ b/net.py\n" + BASE.split("@@ -24,6 +24,7 @@\n")[1])
+    want = SAMPLE.replace("        return self.head(x)\n", "        x = nn.functional.dropout(x, 0.2, self.training)\n        return self.head(x)\n")
+    assert (r.tier, r.code, r.hunks[0].header, r.hunks[0].header_start) == ("recount", want, "", None)
+
+
+def test_wrong_line_numbers_report_the_offset():
+    r = apply_delta(SAMPLE, shift_headers(BASE, 7))
+    assert [(h.start, h.header_start, h.offset, h.tier) for h in r.hunks] == [(5, 12, -7, "recount"), (24, 31, -7, "recount")]
+
+
+def test_shifted_code_is_found_by_content():
+    shifted = "# a licence header\n# of three\n# lines\n" + SAMPLE
+    r = apply_delta(shifted, BASE)
+    assert (r.tier, r.code) == ("recount", "# a licence header\n# of three\n# lines\n" + TARGET)
+    assert [h.offset for h in r.hunks] == [3, 3]
+
+
+def test_indentation_drift_reindents_added_lines():
+    r = apply_delta(SAMPLE, CASES["indentation drift"][0])
+    assert r.code == TARGET and [h.indent for h in r.hunks] == [-4, -4]
+
+
+def test_source_indentation_drift_also_applies():
+    indented = "".join("  " + line if line.strip() else line for line in SAMPLE.splitlines(keepends=True))
+    want = "".join("  " + line if line.strip() else line for line in TARGET.splitlines(keepends=True))
+    r = apply_delta(indented, BASE)
+    assert (r.tier, r.code, [h.indent for h in r.hunks]) == ("content", want, [2, 2])
+
+
+def test_crlf_source_keeps_crlf():
+    r = apply_delta(SAMPLE.replace("\n", "\r\n"), BASE)
+    assert (r.tier, r.code) == ("content", TARGET.replace("\n", "\r\n"))
+
+
+def test_source_without_final_newline():
+    r = apply_delta(SAMPLE.rstrip("\n"), make_delta(SAMPLE, SAMPLE.replace("self.optimizer.step()", "self.optimizer.step()  # done")))
+    assert (r.tier, r.code) == ("content", SAMPLE.rstrip("\n") + "  # done")
+
+
+def test_trailing_whitespace_in_source_is_kept_on_context_lines():
+    source = SAMPLE.replace("super().__init__()\n", "super().__init__()   \n")
+    r = apply_delta(source, BASE)
+    assert (r.tier, r.code) == ("content", TARGET.replace("super().__init__()\n", "super().__init__()   \n"))
+
+
+def test_ambiguous_context_is_refused_without_a_matching_header():
+    edit = make_delta(SAMPLE, SAMPLE.replace("    def block_b(self, x):\n        y = self.stem(x)\n        y = torch.relu(y)\n",
+                                             "    def block_b(self, x):\n        y = self.stem(x)\n        y = torch.sigmoid(y)\n"), context=1)
+    assert hunk_headers(edit) == ["@@ -18,3 +18,3 @@"]
+    assert outcome(SAMPLE, edit)[0] == "strict"
+    for bad in (re.sub(r"@@ .* @@", "@@ @@", edit), shift_headers(edit, 2)):
+        kind, err = outcome(SAMPLE, bad)
+        assert kind == "apply_error" and "ambiguous" in err.message and "lines 12, 18" in err.message
+
+
+def test_header_breaks_a_tie_at_the_content_tier():
+    edit = make_delta(SAMPLE, SAMPLE.replace("        y = y + x\n        return y\n\n    def forward",
+                                             "        y = y - x\n        return y\n\n    def forward"), context=1)
+    drifted = map_body(edit, lambda l: l + " " if l[:1] == " " else l)
+    r = apply_delta(SAMPLE, drifted)
+    assert (r.tier, r.hunks[0].start, r.hunks[0].offset) == ("content", 19, 0)
+    assert r.code == SAMPLE.replace("        y = y + x\n        return y\n\n    def forward", "        y = y - x\n        return y\n\n    def forward")
+
+
+def test_missing_context_is_refused_and_the_nearest_line_named():
+    kind, err = outcome(SAMPLE, BASE.replace(" self.head = nn.Linear(32, out_shape[0])", " self.head = nn.Linear(32, 10)"))
+    assert kind == "apply_error"
+    assert "hunk 1" in err.message and "'self.head = nn.Linear(32, 10)'" in err.message
+    assert "9: 'self.head = nn.Linear(32, out_shape[0])'" in err.message
+
+
+def test_partial_applies_the_hunks_that_verify():
+    bad = BASE.replace(" x = self.block_b(x)", " x = self.block_c(x)")
+    assert outcome(SAMPLE, bad)[0] == "apply_error"
+    r = apply_delta(SAMPLE, bad, partial=True)
+    assert r.tier == "partial"
+    assert [(h.applied, h.tier) for h in r.hunks] == [(True, "recount"), (False, None)]
+    assert "block_c" in r.hunks[1].message
+    assert r.code == SAMPLE.replace("32, 3, padding=1)", "64, 5, padding=2)").replace("nn.Linear(32,", "nn.Linear(64,")
+
+
+def test_partial_with_nothing_applicable_still_fails():
+    assert outcome(SAMPLE, BASE.replace(" ", " zz", 1).replace("self.", "this."), partial=True)[0] == "apply_error"
+
+
+def test_overlapping_hunks_are_an_error():
+    first = BASE.split("@@ -24,6")[0]
+    twice = first + first.split("+++ b/net.py\n")[1]
+    kind, err = outcome(SAMPLE, twice)
+    assert kind == "apply_error" and "overlap" in err.message
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("", "no unified diff"),
+        ("I think you should widen the network and add dropout.", "no unified diff"),
+        ("\x00\xff\x1b[31m\ud7ff binary \x7f junk \x00\n@\n+", "no unified diff"),
+        ("--- a/net.py\n+++ b/net.py\n@@ -1,2 +1,2 @@\n import torch\n from torch import nn\n", "changes nothing"),
+        (BASE[: BASE.index("x = nn.functional.dropout") + 10], "truncated"),
+        ("```diff\n" + BASE[: BASE.rindex(" return self.head")], "truncated"),
+        (b"@@ -1 +1 @@\n-a\n+b\n", "must be str"),
+        (None, "must be str"),
+        ("@@ @@\n+x\n" + " " * D.MAX_DELTA_CHARS, "over the cap"),
+    ],
+)
+def test_unreadable_deltas_are_parse_errors(text, needle):
+    kind, err = outcome(SAMPLE, text)
+    assert kind == "parse_error" and needle in err.message
+
+
+def test_truncation_at_a_line_boundary_applies_what_is_complete():
+    cut = BASE[: BASE.index("@@ -24")]
+    r = apply_delta(SAMPLE, cut)
+    assert (r.tier, len(r.hunks)) == ("strict", 1)
+
+
+def test_insertion_without_context_needs_a_line_number():
+    assert apply_delta("a\nb\n", "@@ -1,0 +2 @@\n+x\n").code == "a\nx\nb\n"
+    kind, err = outcome("a\nb\n", "@@ @@\n+x\n")
+    assert kind == "apply_error" and "cannot be located" in err.message
+
+
+def test_result_over_the_cap_is_an_apply_error(monkeypatch):
+    monkeypatch.setattr(D, "MAX_RESULT_CHARS", len(TARGET) - 1)
+    kind, err = outcome(SAMPLE, BASE)
+    assert kind == "apply_error" and "cap" in err.message
+
+
+def test_source_that_is_not_text_is_an_apply_error():
+    assert outcome(None, BASE)[0] == "apply_error"
+
+
+def test_delta_error_kind_is_checked():
+    with pytest.raises(ValueError, match="kind"):
+        DeltaError("oops", "x")
+
+
+# ---------------------------------------------------------------------------- extraction and counting
+
+
+def test_extract_delta_keeps_only_diff_lines():
+    text = "Plan:\n1. widen\n```diff\n" + BASE + "```\nand between\n```diff\n@@ -1 +1 @@\n-a\n+b\n```\n"
+    assert extract_delta(text) == BASE
+
+
+def test_extract_delta_skips_chatter_between_hunks():
+    first, second = BASE.split("@@ -24,6")
+    assert extract_delta(first + "\nNow the head:\n@@ -24,6" + second) == BASE
+
+
+def test_extract_delta_without_diff_is_a_parse_error():
+    with pytest.raises(DeltaError) as e:
+        extract_delta("no diff here\njust words\n")
+    assert e.value.kind == "parse_error"
+
+
+def test_extract_code_takes_the_largest_python_fence():
+    text = "Here:\n```python\nx = 1\n```\nand the model:\n```python\n" + SAMPLE + "```\nEnjoy."
+    assert extract_code(text) == SAMPLE
+    assert extract_code(SAMPLE) == SAMPLE
+    truncated = "```python\n" + SAMPLE[:200]
+    assert extract_code(truncated) == SAMPLE[:200] + "\n"
+
+
+@pytest.mark.parametrize("text", ["", "Sorry, I cannot help with that.", "```\n\n```", 42])
+def test_extract_code_without_code_is_a_parse_error(text):
+    with pytest.raises(DeltaError) as e:
+        extract_code(text)
+    assert e.value.kind == "parse_error"
+
+
+def test_counters():
+    assert count_lines(SAMPLE) == 38 and count_lines(SAMPLE.rstrip("\n")) == 38
+    assert count_tokens("self.fc = nn.Linear(64, 10)  # head") == 14
+    assert count_tokens(BASE) > count_tokens(TARGET) / 4  # a delta is a fraction of the file
+
+
+# ---------------------------------------------------------------------------- property tests
+
+POOL = [
+    "        x = torch.relu(x)",
+    "        self.drop = nn.Dropout(prm['dropout'])",
+    "",
+    "    # a comment",
+    "        return x",
+    "        x = self.head(x)",
+]
+
+
+@st.composite
+def edited_pair(draw, sources=tuple(zoo.source(n) for n in zoo.names()) + (SAMPLE,)):
+    """(before, after): a real model file and a copy with 1-6 random line edits."""
+    before = draw(st.sampled_from(sources))
+    lines = before.split("\n")[:-1]
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["insert", "delete", "replace", "duplicate"]))
+        i = draw(st.integers(0, max(0, len(lines) - 1)))
+        if op == "insert":
+            lines.insert(i, draw(st.sampled_from(POOL)))
+        elif op == "delete" and lines:
+            del lines[i]
+        elif op == "replace" and lines:
+            lines[i] = lines[i].replace("x", "h") if "x" in lines[i] else draw(st.sampled_from(POOL))
+        elif lines:
+            lines.insert(i, lines[i])
+    after = "\n".join(lines) + "\n"
+    if draw(st.booleans()):
+        before = before.rstrip("\n")
+    if draw(st.booleans()):
+        after = after.rstrip("\n")
+    return before, after
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edited_pair(), st.sampled_from([0, 1, 3]))
+def test_round_trip_is_strict(pair, context):
+    before, after = pair
+    delta = make_delta(before, after, context=context)
+    if before == after:
+        assert delta == "" and outcome(before, delta)[0] == "parse_error"
+        return
+    r = apply_delta(before, delta)
+    assert (r.tier, r.code) == ("strict", after)
+
+
+PERTURB = {
+    # name: (function of the delta, lowest tier it may apply at)
+    "fence": (lambda d: "Here:\n```diff\n" + d + "```\nDone.", "strict"),
+    "shift": (lambda d: shift_headers(d, 3), "recount"),
+    "nonumbers": (lambda d: re.sub(r"@@ .* @@", "@@ @@", d), "recount"),
+    "noheaders": (lambda d: d.split("+++ b/net.py\n", 1)[1], "recount"),
+    "crlf": (lambda d: d.replace("\n", "\r\n"), "content"),
+    "indent": (lambda d: map_body(d, lambda l: l[0] + "  " + l[1:] if l[1:].strip() else l), "content"),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edited_pair(), st.sampled_from(sorted(PERTURB)))
+def test_perturbed_round_trip_applies_or_refuses_as_ambiguous(pair, name):
+    """With 3 context lines a perturbed delta still gives ``after`` exactly, unless refused as ambiguous."""
+    before, after = pair
+    if before.rstrip("\n") == after.rstrip("\n"):
+        return
+    perturb, lowest = PERTURB[name]
+    got, r = outcome(before, perturb(make_delta(before, after)))
+    if got == "apply_error":
+        assert "ambiguous" in r.message and lowest != "strict"
+        return
+    assert got in D.TIERS[D.TIERS.index(lowest) : 3], (got, str(r))
+    assert r.code.replace("\r\n", "\n") == after.replace("\r\n", "\n")
+
+
+DIFFISH = st.lists(
+    st.one_of(
+        st.sampled_from(["@@ @@", "@@ -1,2 +1,3 @@", "@@ -0,0 +1 @@", "--- a/net.py", "+++ b/net.py", "```diff", "```",
+                         "\\ No newline at end of file", "", " ", "+", "-", "\r"]),
+        st.builds(lambda tag, s: tag + s, st.sampled_from(" +-@\\"), st.text(max_size=12)),
+        st.text(max_size=20),
+    ),
+    max_size=25,
+).map("\n".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(max_size=40), DIFFISH), st.one_of(st.text(max_size=40), DIFFISH, st.just(SAMPLE)), st.booleans())
+def test_any_input_ends_in_applied_or_delta_error(source, delta, partial):
+    got, r = outcome(source, delta, partial=partial)
+    assert got in D.TIERS or got in D.ERROR_KINDS
+    if got in D.TIERS:
+        assert isinstance(r.code, str) and r.tier == got
