@@ -1,0 +1,427 @@
+"""The LLM sampler: p_theta is a causal LM plus a LoRA adapter theta.
+
+``propose`` samples deltas (or whole files in full mode) for baselines; ``update`` is the
+CE step: LoRA SFT on the elites' (prompt, completion) pairs with the loss on the
+completion, mixed with replayed past elites and warm-start corpus pairs so the format
+survives the update (see DESIGN.md, "What is known about small LLMs writing diffs").
+Before the first proposal the adapter is warm-started on the curated corpus, once per
+(model, mode, task, corpus, settings), and cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cem_nas.records import Baseline, Elite, Proposal, TaskSpec, UpdateStats
+from cem_nas.sampler import lora as lora_sft
+from cem_nas.sampler.lora import LoRASettings
+from cem_nas.sampler.model import LoadedModel, cache_root, load_model
+from cem_nas.sampler.prompts import (
+    TEMPLATE_VERSION, check_mode, closes_block, cut_after_block, format_completion, render_prompt,
+)
+
+__all__ = ["GenerationSettings", "LLMSampler", "LoRASettings", "WarmStartSettings"]
+
+STATE_VERSION = 1
+
+
+@dataclass
+class GenerationSettings:
+    """How proposals are sampled."""
+
+    temperature: float = 0.7
+    """Softmax temperature; 0 means greedy decoding."""
+    top_p: float = 0.9
+    """Nucleus sampling mass (1.0 disables)."""
+    top_k: int = 0
+    """Top-k cut-off; 0 disables it (otherwise transformers' default 50 would apply)."""
+    max_new_tokens: int = 384
+    """Token budget of one delta-mode answer."""
+    max_new_tokens_full: int = 1024
+    """Token budget of one full-mode answer (a whole file)."""
+    batch_size: int = 8
+    """Prompts generated together (left-padded)."""
+    repetition_penalty: float = 1.0
+    """transformers' repetition penalty; 1.0 disables it."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.batch_size < 1:
+            raise ValueError(f"GenerationSettings needs temperature>=0, 0<top_p<=1, top_k>=0, batch_size>=1; got {self}")
+        if self.max_new_tokens < 1 or self.max_new_tokens_full < 1:
+            raise ValueError(f"max_new_tokens and max_new_tokens_full must be >= 1; got {self}")
+
+
+@dataclass
+class WarmStartSettings:
+    """The LoRA fine-tune on the curated corpus before cycle 0."""
+
+    enabled: bool = True
+    """Warm-start before the first proposal (an untuned small model writes prose, not diffs)."""
+    corpus_size: int = 48
+    """Number of (before, after, delta) pairs drawn from cem_nas.corpus.build_corpus."""
+    corpus_seed: int = 0
+    """Seed of the corpus (part of the cache key)."""
+    steps: int = 24
+    """Optimiser steps of the warm start."""
+    batch_size: int = 4
+    """Examples per warm-start step."""
+    lr: float = 1e-3
+    """AdamW learning rate of the warm start."""
+    cache: bool = True
+    """Reuse (and write) the warm-started adapter under the user cache."""
+
+
+class _FenceStop:
+    """Stopping criterion: a row is done once its completion closes its fenced block."""
+
+    def __init__(self, tokenizer, prompt_width: int):
+        self.tokenizer, self.start = tokenizer, prompt_width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = []
+        for row in input_ids[:, self.start :]:
+            # decoding the whole completion every step is wasteful; only a backtick can close
+            tail = self.tokenizer.decode(row[-1:])
+            done.append("`" in tail and closes_block(self.tokenizer.decode(row, skip_special_tokens=True)))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _update_stats(losses: list[float], nll_before: float, nll_after: float, examples: int, t0: float) -> UpdateStats:
+    """UpdateStats of a training run: first/last step loss, NLL before/after, time since t0."""
+    return UpdateStats(
+        loss_before=losses[0] if losses else float("nan"),
+        loss_after=losses[-1] if losses else float("nan"),
+        elite_nll_before=nll_before,
+        elite_nll_after=nll_after,
+        steps=len(losses),
+        examples=examples,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", Path(text).name or text).strip("-").lower()[:40] or "model"
+
+
+class LLMSampler:
+    """A CE sampling distribution backed by a causal LM with a LoRA adapter.
+
+    ``model`` is "smollm2" (the embedded SmolLM2-135M-Instruct), a hub id, a local path, or
+    an already :class:`~cem_nas.sampler.model.LoadedModel` (tests). ``corpus`` overrides
+    the warm-start corpus (a list of ``(name, before, after, delta, ...)`` tuples); by
+    default it is ``cem_nas.corpus.build_corpus(warm_start.corpus_size, warm_start.corpus_seed)``.
+    ``seed`` seeds the update's batch draws and dropout (proposals use the ``rng`` passed in).
+    """
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        model: str | LoadedModel = "smollm2",
+        mode: str = "delta",
+        lora: LoRASettings | None = None,
+        generation: GenerationSettings | None = None,
+        warm_start: WarmStartSettings | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        load_in_4bit: bool = False,
+        corpus: list | None = None,
+    ):
+        from peft import get_peft_model
+
+        self.task = task
+        self.mode = check_mode(mode)
+        self.lora = lora or LoRASettings()
+        self.generation = generation or GenerationSettings()
+        self.warm = warm_start or WarmStartSettings()
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device, load_in_4bit)
+        self.tokenizer = self.loaded.tokenizer
+        self.model = get_peft_model(self.loaded.model, lora_sft.lora_config(self.lora, self.loaded.model))
+        self.model.eval()
+        self._corpus = corpus
+        self.rng = np.random.default_rng(seed)
+        self.replay: list[dict] = []
+        self.updates = 0
+        self.warm_started = False
+        self.warm_stats: UpdateStats | None = None
+
+    # -- examples -------------------------------------------------------------------
+    def prompt_for(self, code: str) -> str:
+        """The rendered prompt for a baseline's source."""
+        return render_prompt(self.tokenizer, self.task, code, self.mode)
+
+    def completion_for(self, text: str) -> str:
+        """The fenced completion trained on, from a bare delta/file or a raw response."""
+        text = cut_after_block(text.strip("\n"))
+        return text if text.startswith("```") and closes_block(text) else format_completion(self.mode, text)
+
+    def corpus_examples(self) -> list[tuple[str, str]]:
+        """(prompt, completion) pairs of the warm-start corpus for this mode."""
+        if self._corpus is None:
+            from cem_nas.corpus import build_corpus
+
+            self._corpus = build_corpus(self.warm.corpus_size, self.warm.corpus_seed)
+        pairs = []
+        for item in self._corpus:
+            before, after, delta = item[1], item[2], item[3]
+            pairs.append((self.prompt_for(before), format_completion(self.mode, delta if self.mode == "delta" else after)))
+        return pairs
+
+    def _encode(self, pairs) -> tuple[list, int]:
+        """Encode pairs, dropping those longer than ``lora.max_length``; returns (kept, dropped)."""
+        encoded = [lora_sft.encode_example(self.tokenizer, p, c) for p, c in pairs]
+        kept = [e for e in encoded if len(e[0]) <= self.lora.max_length]
+        return kept, len(encoded) - len(kept)
+
+    def _nll(self, encoded) -> float:
+        return lora_sft.mean_completion_nll(
+            self.model, encoded, self.tokenizer.pad_token_id, self.loaded.device, self.lora.batch_size
+        )
+
+    def _train(self, draw, steps: int, lr: float) -> list[float]:
+        return lora_sft.train_steps(
+            self.model, draw, steps, lr, self.tokenizer.pad_token_id, self.loaded.device, self.rng, self.lora.grad_clip
+        )
+
+    # -- warm start -------------------------------------------------------------------
+    def warm_start_key(self) -> str:
+        """Cache key of the warm-started adapter: model, mode, task, corpus, settings, template."""
+        spec = {
+            "model": self.loaded.name,
+            "mode": self.mode,
+            "task": [self.task.dataset, list(self.task.in_shape), self.task.num_classes],
+            "warm": asdict(self.warm) | {"cache": None, "enabled": None},
+            "lora": self.lora.adapter_fields(),
+            "max_length": self.lora.max_length,
+            "template": TEMPLATE_VERSION,
+            "corpus": None if self._corpus is None else hashlib.sha256(repr(self._corpus).encode()).hexdigest(),
+        }
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{_slug(self.loaded.name)}-{self.mode}-c{self.warm.corpus_seed}-{digest}"
+
+    def warm_start_dir(self) -> Path:
+        return cache_root() / "adapters" / self.warm_start_key()
+
+    def warm_start(self) -> UpdateStats:
+        """LoRA fine-tune on the corpus (or load the cached result); returns what it did.
+
+        ``elite_nll_*`` here is the corpus' mean completion NLL before/after (on up to 16
+        examples); when the adapter came from the cache, the stats saved with it.
+        """
+        target = self.warm_start_dir()
+        if self.warm.cache and (target / "warm_start.json").is_file():
+            self.load(target)
+            self.warm_stats = UpdateStats(**json.loads((target / "warm_start.json").read_text()))
+            self.warm_started = True
+            return self.warm_stats
+        t0 = time.perf_counter()
+        encoded, _ = self._encode(self.corpus_examples())
+        if not encoded:
+            raise ValueError(
+                f"no warm-start example fits in LoRASettings.max_length={self.lora.max_length} tokens; raise it"
+            )
+        probe = encoded[:16]
+        before = self._nll(probe)
+        size = self.warm.batch_size
+        losses = self._train(lambda rng: [encoded[i] for i in rng.choice(len(encoded), size)], self.warm.steps, self.warm.lr)
+        stats = _update_stats(losses, before, self._nll(probe), len(encoded), t0)
+        if self.warm.cache:
+            tmp = target.with_name(target.name + ".tmp")
+            self.save(tmp)
+            (tmp / "warm_start.json").write_text(json.dumps(asdict(stats)))
+            if not target.exists():
+                tmp.rename(target)
+        self.warm_stats, self.warm_started = stats, True
+        return stats
+
+    # -- sampling ----------------------------------------------------------------------
+    def _generation_config(self):
+        from transformers import GenerationConfig
+
+        g = self.generation
+        sample = g.temperature > 0
+        return GenerationConfig(
+            do_sample=sample,
+            temperature=g.temperature if sample else 1.0,
+            top_p=g.top_p if sample else 1.0,
+            top_k=g.top_k if sample else 0,
+            max_new_tokens=g.max_new_tokens if self.mode == "delta" else g.max_new_tokens_full,
+            repetition_penalty=g.repetition_penalty,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def generate(self, prompts: list[str]) -> list[tuple[str, int, int]]:
+        """Sample one completion per prompt in one left-padded batch.
+
+        Returns ``(text, prompt_tokens, completion_tokens)`` per prompt; the text is cut
+        after the first closed fenced block, the token count excludes EOS and padding.
+        Uses torch's global RNG: seed it (``propose`` does, inside a forked RNG state).
+        """
+        import torch
+        from transformers import StoppingCriteriaList
+
+        encoded = [lora_sft.encode_prompt(self.tokenizer, p) for p in prompts]
+        width = max(len(e) for e in encoded)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            ids[row, width - len(e) :] = torch.tensor(e)
+            mask[row, width - len(e) :] = 1
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids.to(self.loaded.device),
+                attention_mask=mask.to(self.loaded.device),
+                generation_config=self._generation_config(),
+                stopping_criteria=StoppingCriteriaList([_FenceStop(self.tokenizer, width)]),
+            )
+        ends = {self.tokenizer.eos_token_id, pad}
+        results = []
+        for row, e in enumerate(encoded):
+            new = out[row, width:].tolist()
+            cut = next((i for i, t in enumerate(new) if t in ends), len(new))
+            text = self.tokenizer.decode(new[:cut], skip_special_tokens=True)
+            results.append((cut_after_block(text), len(e), cut))
+        return results
+
+    def _extract(self, response: str) -> tuple[str | None, str | None, dict]:
+        from cem_nas.delta import DeltaError, extract_code, extract_delta
+
+        try:
+            if self.mode == "delta":
+                return extract_delta(response), None, {}
+            return None, extract_code(response), {}
+        except DeltaError as err:
+            return None, None, {"parse_error": str(err)}
+
+    def propose(self, baselines: list[Baseline], n: int, rng: np.random.Generator) -> list[Proposal]:
+        """Draw ``n`` proposals, spread evenly over ``baselines`` in an ``rng``-shuffled order.
+
+        Generation is seeded from ``rng`` (torch's RNG is forked, so global state is kept).
+        ``gen_seconds`` is the batch's time divided by its size.
+        """
+        import torch
+
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if n and not baselines:
+            raise ValueError("propose needs at least one baseline")
+        if self.warm.enabled and not self.warm_started:
+            self.warm_start()
+        order = rng.permutation(len(baselines)) if baselines else []
+        assigned = [int(order[i % len(baselines)]) for i in range(n)]
+        prompts = {b: self.prompt_for(baselines[b].code) for b in set(assigned)}
+        slots = sorted(range(n), key=lambda i: assigned[i])  # equal prompts share a batch: less padding
+        seed = int(rng.integers(2**62))
+        proposals: list[Proposal | None] = [None] * n
+        size = self.generation.batch_size
+        devices = [torch.device(self.loaded.device).index or 0] if self.loaded.device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for start in range(0, n, size):
+                batch = slots[start : start + size]
+                t0 = time.perf_counter()
+                outs = self.generate([prompts[assigned[i]] for i in batch])
+                seconds = time.perf_counter() - t0
+                for i, (text, n_prompt, n_completion) in zip(batch, outs):
+                    delta, code, meta = self._extract(text)
+                    meta |= {"seed": seed, "batch_seconds": seconds, "batch_size": len(batch)}
+                    proposals[i] = Proposal(
+                        baseline=baselines[assigned[i]].name, prompt=prompts[assigned[i]], response=text,
+                        delta=delta, code=code, prompt_tokens=n_prompt, completion_tokens=n_completion,
+                        gen_seconds=seconds / len(batch), meta=meta,
+                    )
+        return proposals  # type: ignore[return-value]
+
+    # -- the CE update -------------------------------------------------------------------
+    def update(self, elites: list[Elite]) -> UpdateStats:
+        """LoRA SFT toward ``elites``, with replay of past elites and corpus pairs.
+
+        Each training example is drawn as: a past elite with probability ``replay_share``
+        (when the buffer has any), a corpus pair with probability ``corpus_share``, else one
+        of this cycle's elites. ``elite_nll_before/after`` is this cycle's elites' mean
+        completion-token NLL before/after (the CE objective); ``loss_before/after`` are the
+        first and last step's batch losses. The elites then join the replay buffer.
+        """
+        t0 = time.perf_counter()
+        current, dropped = self._encode([(e.prompt, self.completion_for(e.completion)) for e in elites])
+        if not current:
+            return UpdateStats(examples=0, seconds=time.perf_counter() - t0)
+        replayed, _ = self._encode([(r["prompt"], r["completion"]) for r in self.replay])
+        corpus, _ = self._encode(self.corpus_examples()) if self.lora.corpus_share > 0 else ([], 0)
+        before = self._nll(current)
+        share_r, share_c = self.lora.replay_share, self.lora.corpus_share
+
+        def draw(rng: np.random.Generator) -> list:
+            batch = []
+            for u in rng.random(self.lora.batch_size):
+                pool = replayed if u < share_r and replayed else corpus if share_r <= u < share_r + share_c and corpus else current
+                batch.append(pool[int(rng.integers(len(pool)))])
+            return batch
+
+        losses = self._train(draw, self.lora.steps, self.lora.lr)
+        stats = _update_stats(losses, before, self._nll(current), len(current), t0)
+        self._remember(elites)
+        self.updates += 1
+        return stats
+
+    def _remember(self, elites: list[Elite]) -> None:
+        """Add elites to the replay buffer, keeping the ``replay_size`` best by score."""
+        for e in elites:
+            self.replay.append({
+                "baseline": e.baseline, "prompt": e.prompt, "completion": self.completion_for(e.completion),
+                "score": float(e.score), "cycle": int(e.cycle),
+            })
+        self.replay.sort(key=lambda r: -r["score"] if np.isfinite(r["score"]) else np.inf)
+        del self.replay[self.lora.replay_size :]
+
+    # -- resume ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """JSON-able state: replay buffer, counters, the update RNG (weights: see ``save``)."""
+        return {
+            "version": STATE_VERSION,
+            "mode": self.mode,
+            "model": self.loaded.name,
+            "updates": self.updates,
+            "warm_started": self.warm_started,
+            "replay": [dict(r) for r in self.replay],
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"sampler state version {state.get('version')!r} is not {STATE_VERSION}")
+        if state["mode"] != self.mode:
+            raise ValueError(f"state was saved in mode {state['mode']!r}, this sampler runs {self.mode!r}")
+        self.updates = int(state["updates"])
+        self.warm_started = bool(state["warm_started"])
+        self.replay = [dict(r) for r in state["replay"]]
+        self.rng.bit_generator.state = state["rng"]
+
+    def save(self, directory: Path) -> None:
+        """Write the LoRA adapter; ``PeftModel.from_pretrained(base, directory)`` reads it."""
+        self.model.save_pretrained(str(directory))
+
+    def load(self, directory: Path) -> None:
+        """Load adapter weights written by :meth:`save` into this sampler's adapter."""
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        directory = Path(directory)
+        config = json.loads((directory / "adapter_config.json").read_text())
+        if config.get("r") != self.lora.rank:
+            raise ValueError(f"adapter in {directory} has rank {config.get('r')}, this sampler uses {self.lora.rank}")
+        weights = load_peft_weights(str(directory), device=self.loaded.device)
+        result = set_peft_model_state_dict(self.model, weights)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"adapter in {directory} does not match this model: unexpected keys {unexpected[:3]}")
+        self.model.eval()

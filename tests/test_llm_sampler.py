@@ -1,0 +1,198 @@
+"""LLM sampler on a tiny random Llama with a byte-level BPE tokenizer built here (offline)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cem_nas.records import Baseline, Elite, TaskSpec
+from cem_nas.sampler import lora as lora_sft
+from cem_nas.sampler.llm import GenerationSettings, LLMSampler, LoRASettings, WarmStartSettings, _FenceStop
+from cem_nas.sampler.model import LoadedModel
+
+torch.set_num_threads(1)
+
+TASK = TaskSpec("mnist5k", (1, 28, 28), 10)
+CODE_A = "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x\n"
+CODE_B = "import torch.nn as nn\nfc = nn.Linear(784, 10)\n"
+DELTA_A = "--- a/net.py\n+++ b/net.py\n@@ -3,2 +3,2 @@\n     def forward(self, x):\n-        return x\n+        return x * 2\n"
+DELTA_B = "--- a/net.py\n+++ b/net.py\n@@ -1,2 +1,2 @@\n import torch.nn as nn\n-fc = nn.Linear(784, 10)\n+fc = nn.Linear(784, 10, bias=False)\n"
+CORPUS = [("a", CODE_A, CODE_A.replace("return x\n", "return x * 2\n"), DELTA_A), ("b", CODE_B, CODE_B, DELTA_B)]
+TRAIN_TEXT = CODE_A + CODE_B + DELTA_A + DELTA_B + "Dataset shape batch classes logits output PyTorch model file diff answer ```"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([TRAIN_TEXT] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    fast.padding_side = "left"
+    return fast
+
+
+def tiny_model(tokenizer, seed: int = 0) -> LoadedModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        initializer_range=0.2,  # frozen lm_head rows of norm ~0.2*sqrt(32) can still reach peaked logits
+    )
+    return LoadedModel(LlamaForCausalLM(config).eval(), tokenizer, "cpu", "tiny-llama")
+
+
+def make_sampler(tokenizer, mode="delta", steps=20, lr=1e-2, **kw) -> LLMSampler:
+    return LLMSampler(
+        TASK, tiny_model(tokenizer), mode=mode,
+        lora=LoRASettings(rank=4, alpha=8, dropout=0.0, steps=steps, lr=lr, batch_size=4),
+        generation=kw.pop("generation", GenerationSettings(max_new_tokens=12, max_new_tokens_full=12, batch_size=3)),
+        warm_start=kw.pop("warm_start", WarmStartSettings(enabled=False)),
+        corpus=CORPUS, seed=1, **kw,
+    )
+
+
+def elites_for(sampler: LLMSampler, cycle: int = 0) -> list[Elite]:
+    return [
+        Elite("a", sampler.prompt_for(CODE_A), DELTA_A, 0.9, cycle),
+        Elite("b", sampler.prompt_for(CODE_B), DELTA_B, 0.8, cycle),
+    ]
+
+
+def logits_of(sampler: LLMSampler, text: str) -> torch.Tensor:
+    ids = sampler.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        return sampler.model(**ids).logits
+
+
+def test_completion_only_loss_mask(tokenizer):
+    ids, labels = lora_sft.encode_example(tokenizer, "prompt text ", "```diff\n-a\n```")
+    n_prompt = len(lora_sft.encode_prompt(tokenizer, "prompt text "))
+    assert labels[:n_prompt] == [lora_sft.IGNORE] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tokenizer.eos_token_id
+    batch = lora_sft.collate([(ids, labels), (ids[:3], labels[:3])], tokenizer.pad_token_id, "cpu")
+    assert batch["labels"][1, 3:].eq(lora_sft.IGNORE).all() and batch["attention_mask"][1].sum() == 3
+
+
+def test_left_padded_batch_matches_single_prompts(tokenizer):
+    """Left padding + attention mask: a short prompt in a batch gives its unpadded result."""
+    greedy = GenerationSettings(temperature=0.0, max_new_tokens=10, batch_size=2)
+    sampler = make_sampler(tokenizer, generation=greedy)
+    long_prompt, short_prompt = sampler.prompt_for(CODE_A), sampler.prompt_for(CODE_B)
+    assert len(tokenizer(long_prompt)["input_ids"]) > len(tokenizer(short_prompt)["input_ids"])
+    batched = sampler.generate([long_prompt, short_prompt])
+    single = [sampler.generate([long_prompt])[0], sampler.generate([short_prompt])[0]]
+    assert batched == single
+    assert all(0 < n_c <= 10 for _, _, n_c in batched)
+    assert batched[1][1] == len(lora_sft.encode_prompt(tokenizer, short_prompt))
+
+
+def test_fence_stop_criterion(tokenizer):
+    prompt = tokenizer("question ")["input_ids"]
+    closed = torch.tensor([prompt + tokenizer("```diff\n-a\n+b\n```")["input_ids"]])
+    open_ = torch.tensor([prompt + tokenizer("```diff\n-a\n+b\n")["input_ids"]])
+    stop = _FenceStop(tokenizer, len(prompt))
+    assert stop(closed, None).tolist() == [True] and stop(open_, None).tolist() == [False]
+
+
+def test_propose_is_seeded_and_keeps_global_rng(tokenizer):
+    sampler = make_sampler(tokenizer)
+    baselines = [Baseline("a", CODE_A), Baseline("b", CODE_B)]
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = sampler.propose(baselines, 5, np.random.default_rng(7))
+    assert torch.equal(torch.rand(1), expected_next)  # propose did not consume the global RNG
+    again = sampler.propose(baselines, 5, np.random.default_rng(7))
+    other = sampler.propose(baselines, 5, np.random.default_rng(8))
+    assert [p.response for p in first] == [p.response for p in again]
+    assert [p.response for p in first] != [p.response for p in other]
+    assert sorted(p.baseline for p in first).count("a") in (2, 3)  # spread evenly over baselines
+    for p in first:
+        assert p.prompt_tokens > 0 and 0 <= p.completion_tokens <= 12 and p.gen_seconds > 0
+        # a random model writes no diff: the parse error is kept for the loop, delta is None
+        assert p.delta is None and p.code is None and p.meta["parse_error"]
+
+
+def test_update_raises_elite_likelihood(tokenizer):
+    sampler = make_sampler(tokenizer, steps=25)
+    elites = elites_for(sampler)
+    stats = sampler.update(elites)
+    assert stats.steps == 25 and stats.examples == 2 and stats.seconds > 0
+    # a random model starts near (or above) log(vocab) nats/token; a deterministic drop of
+    # 1 nat per token is far beyond float noise and needs the completions to be learnt
+    assert stats.elite_nll_before > math.log(len(tokenizer)) - 1.0
+    assert stats.elite_nll_after < stats.elite_nll_before - 1.0
+    encoded, _ = sampler._encode([(e.prompt, sampler.completion_for(e.completion)) for e in elites])
+    assert sampler._nll(encoded) == pytest.approx(stats.elite_nll_after)
+    assert [r["score"] for r in sampler.replay] == [0.9, 0.8] and sampler.updates == 1
+
+
+def test_adapter_loads_with_plain_peft(tokenizer, tmp_path):
+    from peft import PeftModel
+
+    sampler = make_sampler(tokenizer, steps=3)
+    sampler.update(elites_for(sampler))
+    sampler.save(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(tiny_model(tokenizer).model, str(tmp_path / "adapter")).eval()
+    ids = tokenizer("def forward", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**ids).logits, logits_of(sampler, "def forward"), atol=1e-6)
+    fresh = make_sampler(tokenizer)
+    assert not torch.allclose(logits_of(fresh, "def forward"), logits_of(sampler, "def forward"))
+    fresh.load(tmp_path / "adapter")
+    assert torch.allclose(logits_of(fresh, "def forward"), logits_of(sampler, "def forward"), atol=1e-6)
+
+
+def test_resume_reproduces_the_next_update(tokenizer, tmp_path):
+    a = make_sampler(tokenizer, steps=3)
+    a.update(elites_for(a, cycle=0))
+    state = json.loads(json.dumps(a.state_dict()))
+    a.save(tmp_path)
+    b = make_sampler(tokenizer, steps=3)
+    b.load_state_dict(state)
+    b.load(tmp_path)
+    assert b.replay == a.replay and b.updates == 1
+    stats_a, stats_b = a.update(elites_for(a, cycle=1)), b.update(elites_for(b, cycle=1))
+    for field in ("loss_before", "loss_after", "elite_nll_before", "elite_nll_after"):
+        assert getattr(stats_a, field) == pytest.approx(getattr(stats_b, field), rel=1e-5)
+    assert torch.allclose(logits_of(a, "import torch"), logits_of(b, "import torch"), atol=1e-5)
+    with pytest.raises(ValueError, match="mode"):
+        make_sampler(tokenizer, mode="full").load_state_dict(state)
+
+
+def test_warm_start_is_cached(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("CEM_NAS_CACHE", str(tmp_path))
+    warm = WarmStartSettings(steps=15, lr=1e-2, batch_size=2)
+    first = make_sampler(tokenizer, mode="full", warm_start=warm)
+    stats = first.warm_start()
+    assert stats.steps == 15 and stats.elite_nll_after < stats.elite_nll_before
+    assert (first.warm_start_dir() / "adapter_config.json").is_file()
+    second = make_sampler(tokenizer, mode="full", warm_start=warm)
+    assert second.warm_start() == stats and second.warm_started
+    assert torch.allclose(logits_of(first, "x"), logits_of(second, "x"), atol=1e-6)
+    assert make_sampler(tokenizer, mode="delta", warm_start=warm).warm_start_dir() != first.warm_start_dir()
+
+
+def test_bad_settings_are_refused(tokenizer):
+    with pytest.raises(ValueError, match="mode"):
+        make_sampler(tokenizer, mode="patch")
+    with pytest.raises(ValueError, match="replay_share"):
+        LoRASettings(replay_share=0.6, corpus_share=0.5)
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationSettings(top_p=0.0)
+    with pytest.raises(ValueError, match="target modules"):
+        LLMSampler(TASK, tiny_model(tokenizer), lora=LoRASettings(target_modules=["nope"]),
+                   warm_start=WarmStartSettings(enabled=False))
