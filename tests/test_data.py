@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cem_nas import data
 
@@ -119,6 +121,23 @@ def test_resize_and_channels():
     assert square.mean[0] == pytest.approx(native.mean[0], rel=0.02)
 
 
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(1, 40), min_size=1, max_size=8), share=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1))
+def test_stratified_sample_quotas(counts, share, seed):
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+    n = round(share * len(labels))
+    idx = data.stratified_sample(labels, n, np.random.default_rng(seed))
+    assert len(idx) == n and len(np.unique(idx)) == n and np.all(np.diff(idx) > 0)
+    got = np.bincount(labels[idx], minlength=len(counts))
+    assert np.all(np.abs(got - n * np.array(counts) / len(labels)) < 1)
+
+
+def test_stratified_sample_rejects_too_many():
+    with pytest.raises(ValueError, match="cannot draw 11 items from 10"):
+        data.stratified_sample(np.zeros(10), 11, np.random.default_rng(0))
+
+
 # -------------------------------------------------------------------------------- cache
 
 
@@ -127,6 +146,7 @@ def test_cache_hit_does_not_read_source(cache, monkeypatch):
     assert first.info["cache"] == "miss"
     files = list(cache.glob("*.pt"))
     assert len(files) == 1 and not list(cache.glob("*.tmp"))
+    assert files[0].stat().st_mode & 0o777 == 0o644
 
     def refuse(root, options):
         raise AssertionError("the source was read despite a cached copy")
