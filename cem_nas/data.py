@@ -696,13 +696,15 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
     return dataset
 
 
-def _subset(label: str, split: _Split, n: int | None, rng: np.random.Generator) -> np.ndarray:
+def _subset(name: str, label: str, split: _Split, n: int | None,
+            rng: np.random.Generator) -> np.ndarray:
     available = len(split.labels)
     if n is None:
         return np.arange(available)
     if n > available:
-        raise ValueError(f"{label}={n} exceeds the {available} examples of the split; "
-                         "use None for the whole split")
+        raise ValueError(f"{label}={n} exceeds the {available} examples of {name}'s "
+                         f"{label.removeprefix('max_')} split; use at most {available} "
+                         "or None for the whole split")
     return stratified_sample(split.labels, n, rng)
 
 
@@ -711,8 +713,8 @@ def _prepare(name: str, source: _Source, root: Path, options: dict, max_train: i
              seed: int) -> Dataset:
     raw = source.read(root, options)
     rng = np.random.default_rng(seed)
-    train_idx = rng.permutation(_subset("max_train", raw.train, max_train, rng))
-    test_idx = _subset("max_test", raw.test, max_test, rng)
+    train_idx = rng.permutation(_subset(name, "max_train", raw.train, max_train, rng))
+    test_idx = _subset(name, "max_test", raw.test, max_test, rng)
     x_train = _converted_channels(raw.train.images(train_idx, hw), channels)
     x_test = _converted_channels(raw.test.images(test_idx, hw), channels)
     std, mean = torch.std_mean(x_train, dim=(0, 2, 3), correction=0)
