@@ -29,9 +29,12 @@ has numbers; otherwise several places mean the hunk is refused as ambiguous. The
 header number is only ever a tie-breaker, never a reason to apply.
 
 Truncated generations (cut by the token limit) are refused as ``parse_error`` when the
-last hunk is shorter than its header's counts on both sides *and* the text stops
-mid-line or inside an unclosed code fence. Pass the raw response (not ``.strip()``-ed),
-so that a missing final newline still means something.
+text ends right after a hunk header, or the last hunk runs to the end of the text and is
+shorter than its header's counts: on either side if the text stops mid-line; on both
+sides if it stops inside an unclosed code fence or the hunk lacks its trailing context
+(none, or fewer lines than it has leading context). Pass the raw response (not
+``.strip()``-ed), so that a missing final newline still means something. A caller that
+knows the generation hit its token limit should treat it as truncated itself.
 
 Whatever the input, :func:`apply_delta` returns an :class:`Applied` or raises
 :class:`DeltaError`; nothing else.
@@ -247,8 +250,9 @@ def _fenced_blocks(raw: list[str]) -> list[tuple[str, list[str], bool]]:
     return blocks
 
 
-def _close_hunk(hunk: _Hunk, consumed: list[str]) -> None:
-    """Drop trailing bare blank lines the header's counts do not ask for (chatter spacing)."""
+def _close_hunk(hunk: _Hunk, hunks: list[_Hunk], consumed: list[str]) -> None:
+    """Drop trailing bare blank lines the header's counts do not ask for (chatter spacing),
+    then the hunk itself (and its header line) if nothing is left in it."""
     while hunk.body and hunk.bare[-1]:
         n_old = sum(tag != "+" for tag, _, _ in hunk.body)
         n_new = sum(tag != "-" for tag, _, _ in hunk.body)
@@ -257,10 +261,14 @@ def _close_hunk(hunk: _Hunk, consumed: list[str]) -> None:
         hunk.body.pop()
         hunk.bare.pop()
         consumed.pop()
+    if not hunk.body:
+        hunks.pop()
+        if hunk.header:
+            consumed.pop()
 
 
-def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], bool]:
-    """Lenient unified-diff reader: hunks, the raw lines they came from, whether the last hunk runs to the end."""
+def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], _Hunk | None]:
+    """Lenient unified-diff reader: hunks, the raw lines they came from, the hunk still open at the end."""
     hunks: list[_Hunk] = []
     consumed: list[str] = []
     current: _Hunk | None = None
@@ -268,7 +276,7 @@ def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], bool]:
     for i, line in enumerate(raw):
         if line.startswith("@@"):
             if current is not None:
-                _close_hunk(current, consumed)
+                _close_hunk(current, hunks, consumed)
             m = _HUNK_RE.match(line)
             nums = [int(g) if g is not None else None for g in m.groups()] if m else [None] * 4
             old_start, old_count, new_start, new_count = nums
@@ -283,7 +291,7 @@ def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], bool]:
             continue
         if line.startswith("--- ") and i + 1 < len(raw) and raw[i + 1].startswith("+++ "):
             if current is not None:
-                _close_hunk(current, consumed)
+                _close_hunk(current, hunks, consumed)
             current = None
             consumed.append(line)
             after_file_header = True
@@ -305,29 +313,39 @@ def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], bool]:
         elif line[0] in " +-":
             current.body.append((line[0], line[1:], True))
             current.bare.append(False)
-        elif line[0] == "\\":
-            if current.body:
-                tag, text, _ = current.body[-1]
-                current.body[-1] = (tag, text, False)
+        elif line[0] == "\\" and current.body:
+            tag, text, _ = current.body[-1]
+            current.body[-1] = (tag, text, False)
         else:
-            _close_hunk(current, consumed)
+            _close_hunk(current, hunks, consumed)
             current = None
             continue
         consumed.append(line)
     if current is not None:
-        _close_hunk(current, consumed)
-    return hunks, consumed, current is not None
+        _close_hunk(current, hunks, consumed)
+    return hunks, consumed, current
 
 
-def _truncation(hunk: _Hunk, text_ends_midline: bool, fence_open: bool) -> str:
+def _truncation(hunk: _Hunk, midline: bool, fence_open: bool) -> str:
+    """Why the hunk still open at the end of the text looks cut off by a token limit ("" if it does not)."""
+    if not hunk.body:
+        return f"the text ends right after the hunk header {hunk.header!r}: the output looks truncated"
     if hunk.old_count is None or hunk.new_count is None:
         return ""
     n_old, n_new = len(hunk.old), len(hunk.new)
-    if n_old < hunk.old_count and n_new < hunk.new_count and (text_ends_midline or fence_open):
-        where = "stops mid-line" if text_ends_midline else "ends inside an unclosed code fence"
-        return (f"the last hunk ({hunk.header}) has {n_old}/{hunk.old_count} old and {n_new}/{hunk.new_count} "
-                f"new lines and the text {where}: the output looks truncated")
-    return ""
+    short_old, short_new = n_old < hunk.old_count, n_new < hunk.new_count
+    tags = "".join(tag for tag, _, _ in hunk.body)
+    leading, trailing = len(tags) - len(tags.lstrip(" ")), len(tags) - len(tags.rstrip(" "))
+    if midline and (short_old or short_new):
+        why = "the text stops mid-line"
+    elif short_old and short_new and fence_open:
+        why = "the text ends inside an unclosed code fence"
+    elif short_old and short_new and (trailing == 0 or trailing < leading):
+        why = f"it has {trailing} trailing context line(s) for {leading} leading"
+    else:
+        return ""
+    return (f"the last hunk ({hunk.header}) has {n_old}/{hunk.old_count} old and {n_new}/{hunk.new_count} "
+            f"new lines and {why}: the output looks truncated")
 
 
 def _preview(text: str, n: int = 60) -> str:
@@ -345,11 +363,13 @@ def _check_text(value: object, what: str, cap: int, kind: str) -> str:
 def _parse(text: object) -> _Parsed:
     text = _check_text(text, "delta", MAX_DELTA_CHARS, "parse_error")
     raw = text.split("\n")
+    if raw[-1] == "":
+        raw.pop()  # what follows the final newline is not a line
     # the first fenced block that holds a diff, else the whole text (fences then count as chatter)
     candidates = [(lines, closed) for _, lines, closed in _fenced_blocks(raw)] + [(raw, True)]
     for lines, closed in candidates:
-        hunks, consumed, open_at_end = _parse_lines(lines)
-        if hunks:
+        hunks, consumed, open_hunk = _parse_lines(lines)
+        if hunks or open_hunk is not None:
             break
     else:
         raise DeltaError(
@@ -357,13 +377,13 @@ def _parse(text: object) -> _Parsed:
             "no unified diff found: expected a hunk header like '@@ -12,4 +12,5 @@' (or '--- a/net.py' / "
             f"'+++ b/net.py' headers) followed by lines starting with ' ', '+' or '-'; the text starts {_preview(text)}",
         )
+    # an unclosed fence runs to the end of the text, as does the whole text
+    if open_hunk is not None and (lines is raw or not closed):
+        truncated = _truncation(open_hunk, not text.endswith("\n"), not closed)
+        if truncated:
+            raise DeltaError("parse_error", truncated)
     if not any(tag != " " for h in hunks for tag, _, _ in h.body):
         raise DeltaError("parse_error", f"the diff has {len(hunks)} hunk(s) but no '+' or '-' line: it changes nothing")
-    # an unclosed fence runs to the end of the text, as does the whole text
-    runs_to_text_end = open_at_end and (lines is raw or not closed)
-    truncated = runs_to_text_end and _truncation(hunks[-1], not text.endswith("\n"), not closed)
-    if truncated:
-        raise DeltaError("parse_error", truncated)
     return _Parsed(hunks, consumed)
 
 
