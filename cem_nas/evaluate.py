@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -222,7 +223,10 @@ def _is_memory_error(exc: BaseException) -> bool:
 
 
 def _status_for(exc: BaseException, stage_status: str) -> str:
-    if REFUSALS or isinstance(exc, (SandboxRefusal, PolicyViolation)):
+    # Native code meets the kernel's refusal (Landlock, rlimits) as EACCES/EPERM.
+    refused = isinstance(exc, PermissionError) or any(
+        s in str(exc) for s in ("Permission denied", "Operation not permitted"))
+    if REFUSALS or refused or isinstance(exc, (SandboxRefusal, PolicyViolation)):
         return "policy_violation"
     if isinstance(exc, NonFiniteLoss):
         return "nan_loss"
@@ -285,6 +289,7 @@ def child_evaluate(state: dict, code: str, seed: int, settings: dict, emit: Call
         in_shape = (cfg.batch_size, *x_train.shape[1:])
         model = module.Net(in_shape, (state["num_classes"],), prm, device)
         result["params"] = int(sum(p.numel() for p in model.parameters()))
+        emit({"params": result["params"]})
 
         stage = "shape_error"
         emit({"stage": stage})
@@ -297,6 +302,7 @@ def child_evaluate(state: dict, code: str, seed: int, settings: dict, emit: Call
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             return finish("shape_error", f"forward gave {got} for input {tuple(probe.shape)}; expected {expected}")
         result["flops"] = _flops_per_sample(model, probe)
+        emit({"flops": result["flops"]})
 
         stage = "build_error"
         emit({"stage": "train_setup"})
@@ -371,34 +377,35 @@ _SEED_INDEPENDENT = ("syntax_error", "policy_violation", "build_error", "shape_e
 
 def outcome_result(outcome: ChildOutcome, seed: int, limits: Limits) -> EvalResult:
     """The EvalResult of one child, from what it sent and how it ended."""
-    stage = "build_error"
-    refused = ""
     for msg in outcome.messages:
         if "result" in msg:
             data = {k: v for k, v in msg["result"].items() if k in _RESULT_FIELDS}
-            data["seed"] = seed
             try:
-                return EvalResult(**data)
+                return EvalResult(**dict(data, seed=seed))
             except (TypeError, ValueError) as exc:
                 return EvalResult("train_error", f"malformed result from the child: {exc}", seed=seed)
-        stage = {"train_setup": "build_error", "eval": "train_error"}.get(msg.get("stage"), msg.get("stage", stage))
-        refused = refused or msg.get("refused", "")
-    if stage not in ("build_error", "shape_error", "train_error"):
-        stage = "train_error"
+    status, message = _crash_status(outcome, limits)
+    known = {k: m[k] for m in outcome.messages for k in ("params", "flops") if isinstance(m.get(k), int)}
+    return EvalResult(status, message, seed=seed, **known)
+
+
+def _crash_status(outcome: ChildOutcome, limits: Limits) -> tuple[str, str]:
+    """(status, message) of a child that ended without reporting a result."""
+    stages = [m["stage"] for m in outcome.messages if isinstance(m.get("stage"), str)]
+    stage = {"train_setup": "build_error", "eval": "train_error"}.get(stages[-1] if stages else "", "")
+    stage = stage or (stages[-1] if stages and stages[-1] in ("shape_error", "train_error") else "build_error")
+    during = f"during {stage.replace('_error', '')}"
+    refused = next((m["refused"] for m in outcome.messages if "refused" in m), "")
     if refused:
-        return EvalResult("policy_violation", f"refused: {refused}; the child then {outcome.describe()}", seed=seed)
-    how = outcome.describe()
+        return "policy_violation", f"refused: {refused}; the child then {outcome.describe()}"
     if outcome.timed_out:
-        return EvalResult("timeout", f"exceeded the {limits.timeout_s:g} s wall-clock limit "
-                                     f"during {stage.replace('_error', '')}", seed=seed)
-    if outcome.signal == 24:  # SIGXCPU: the RLIMIT_CPU soft limit
-        return EvalResult("timeout", f"exceeded the CPU-time limit during {stage.replace('_error', '')}", seed=seed)
-    if outcome.signal == 9:  # not ours (ours is timed_out): the kernel's OOM killer
-        return EvalResult("memory_error", f"{how} (likely out of memory) during {stage.replace('_error', '')}",
-                          seed=seed)
+        return "timeout", f"exceeded the {limits.timeout_s:g} s wall-clock limit {during}"
+    if outcome.signal == signal.SIGXCPU:  # the RLIMIT_CPU soft limit
+        return "timeout", f"exceeded the CPU-time limit {during}"
+    if outcome.signal == signal.SIGKILL:  # not ours (ours is timed_out): the kernel's OOM killer
+        return "memory_error", f"{outcome.describe()} (likely out of memory) {during}"
     harness = next((m["harness_error"] for m in outcome.messages if "harness_error" in m), "")
-    return EvalResult(stage, f"{how} without a result during {stage.replace('_error', '')}"
-                             + (f"; harness error: {harness}" if harness else ""), seed=seed)
+    return stage, f"{outcome.describe()} without a result {during}" + (f"; harness error: {harness}" if harness else "")
 
 
 _RESULT_FIELDS = {f.name for f in dataclasses.fields(EvalResult)}

@@ -29,9 +29,11 @@ RLIMIT_NPROC, so spawning is stopped by the audit hook and by disabling
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import json
 import os
+import pickle
 import queue
 import resource
 import select
@@ -251,6 +253,48 @@ def _set_pdeathsig() -> None:
         pass
 
 
+# Landlock (Linux >= 5.13): kernel-enforced, so it also stops native code (torch.save
+# writes through C++, never through Python's open, so no audit event sees it).
+_LANDLOCK_FS_WRITE = sum(1 << b for b in (0, 1, 4, 5, 6, 7, 8, 9, 10, 11, 12))  # execute + all writes
+_LANDLOCK_FS_BY_ABI = {2: 1 << 13, 3: 1 << 14, 5: 1 << 15}  # refer, truncate, ioctl on devices
+_LANDLOCK_NET_TCP = 0b11  # bind, connect
+_LANDLOCK_SCOPES = 0b11  # abstract unix sockets, signals to processes outside the sandbox
+_SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_RESTRICT_SELF = 444, 446  # same on every arch
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is unavailable."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return max(0, libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, 0, 1))
+    except (OSError, AttributeError):
+        return 0
+
+
+def _landlock_deny_writes() -> int:
+    """Forbid this process and its descendants every file-system write, execve, TCP
+    bind/connect and signals to outside processes (as far as the kernel's ABI knows them).
+    Returns the ABI applied, 0 when Landlock is unavailable (the other layers remain)."""
+    import ctypes
+    abi = landlock_abi()
+    if abi < 1:
+        return 0
+    fs = _LANDLOCK_FS_WRITE + sum(bit for v, bit in _LANDLOCK_FS_BY_ABI.items() if abi >= v)
+    attr = (ctypes.c_uint64 * 3)(fs, _LANDLOCK_NET_TCP if abi >= 4 else 0, _LANDLOCK_SCOPES if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
+    if fd < 0:
+        return 0
+    try:
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, required by restrict_self
+            return 0
+        return abi if libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, fd, 0) == 0 else 0
+    finally:
+        os.close(fd)
+
+
 def install_guards(limits: Limits, keep_fds: tuple[int, ...], workdir: str,
                    emit_refusal: Callable[[str], None] | None = None) -> None:
     """Harden the current (child) process. Irreversible; call once, right after fork."""
@@ -264,6 +308,7 @@ def install_guards(limits: Limits, keep_fds: tuple[int, ...], workdir: str,
     for low, high in zip(keep, keep[1:] + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]):
         os.closerange(low + 1, high)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no byte reaches a file, whatever wrote it
     if limits.memory_mb is not None:
         cap = _vm_size_bytes() + limits.memory_mb * (1 << 20)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -275,6 +320,7 @@ def install_guards(limits: Limits, keep_fds: tuple[int, ...], workdir: str,
     torch.set_num_threads(limits.threads)
     import _posixsubprocess
     _posixsubprocess.fork_exec = _refuse_spawn
+    _landlock_deny_writes()
     _emit_refusal = emit_refusal
     _protected_dirs = tuple(os.path.abspath(p) for p in limits.protect if os.path.abspath(p) != "/")
     sys.addaudithook(_audit)
@@ -316,6 +362,14 @@ def _kill_group(pid: int) -> None:
             pass
 
 
+def _os_threads() -> int:
+    """OS threads of this process (native ones included); 1 where /proc is missing."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 def run_child(fn: Callable[..., None], args: tuple, limits: Limits, workdir: str) -> ChildOutcome:
     """Fork; in the child harden and call ``fn(*args, emit)``; wait at most
     ``limits.timeout_s`` seconds. ``emit(obj)`` sends one JSON-able object to the worker.
@@ -323,6 +377,11 @@ def run_child(fn: Callable[..., None], args: tuple, limits: Limits, workdir: str
     Call only from a single-threaded process (a warm worker): a fork copies locks held
     by other threads without the threads that would release them.
     """
+    threads = _os_threads()
+    if threads > 1:
+        raise RuntimeError(f"run_child needs a single-threaded process (this one has {threads} threads): "
+                           "a fork copies locks held by other threads, and the child can hang on them; "
+                           "use SandboxPool, whose workers stay single-threaded")
     read_fd, write_fd = os.pipe()
     start = time.monotonic()
     pid = os.fork()
@@ -410,15 +469,40 @@ def run_child(fn: Callable[..., None], args: tuple, limits: Limits, workdir: str
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _thread_env(threads: int):
+    """Thread-count variables set while a worker is spawned: the new interpreter's
+    numeric libraries (OpenBLAS via numpy, OpenMP via torch) size their pools from them
+    at import, before any code of ours runs."""
+    with _ENV_LOCK:
+        saved = {var: os.environ.get(var) for var in _THREAD_ENV}
+        os.environ.update({var: str(threads) for var in _THREAD_ENV})
+        try:
+            yield
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+
+
 def _resolve(ref: str) -> Callable:
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-def _worker_main(conn, init_ref: str, init_args: tuple, handler_ref: str, threads: int) -> None:
-    """A warm worker: single-threaded; serve (payload) -> handler result until None."""
+def _worker_main(conn, init_ref: str, init_blob: bytes, handler_ref: str, threads: int) -> None:
+    """A warm worker: single-threaded; serve (payload) -> handler result until None.
+
+    ``init_blob`` is the pickled init arguments, unpickled only after the thread caps are
+    set (unpickling numpy arrays imports numpy, which may start OpenBLAS threads)."""
     for var in _THREAD_ENV:
         os.environ[var] = str(threads)
+    init_args = pickle.loads(init_blob)
     import torch
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
@@ -450,20 +534,29 @@ class WorkerLost(RuntimeError):
 
 
 class _Worker:
-    def __init__(self, ctx, spec: tuple, start_timeout: float) -> None:
+    def __init__(self, ctx, spec: tuple) -> None:
         parent_conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child_conn, *spec), daemon=True)
         self.process.start()
         child_conn.close()
         self.conn = parent_conn
-        if not parent_conn.poll(start_timeout):
+        self.pid = self.process.pid
+
+    def wait_ready(self, timeout: float) -> "_Worker":
+        """Block until the worker has imported torch and built its state."""
+        try:
+            if not self.conn.poll(timeout):
+                raise WorkerLost(f"worker did not start within {timeout:.0f} s")
+            tag, value = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            tag, value = "died", f"{type(exc).__name__}: {exc}"
+        except WorkerLost:
             self.kill()
-            raise WorkerLost(f"worker did not start within {start_timeout:.0f} s")
-        tag, value = parent_conn.recv()
+            raise
         if tag != "ready":
             self.kill()
             raise WorkerLost(f"worker failed to start: {value}")
-        self.pid = value
+        return self
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -474,13 +567,11 @@ class _Worker:
         self.process.join(5)
         self.conn.close()
 
-    def stop(self) -> None:
+    def ask_stop(self) -> None:
         try:
             self.conn.send(None)
         except OSError:
             pass
-        self.process.join(5)
-        self.kill()
 
 
 class SandboxPool:
@@ -501,7 +592,7 @@ class SandboxPool:
         if n < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._ctx = multiprocessing.get_context("spawn")
-        self._spec = (init_ref, init_args, handler_ref, threads)
+        self._spec = (init_ref, pickle.dumps(init_args, protocol=pickle.HIGHEST_PROTOCOL), handler_ref, threads)
         self._start_timeout = start_timeout
         self._tasks: queue.Queue = queue.Queue()
         self._closed = False
@@ -513,24 +604,18 @@ class SandboxPool:
             t.start()
 
     def _start_all(self) -> None:
-        # Spawned interpreters read thread counts from the environment before torch starts
-        # its pools; set them only for the duration of the start.
-        saved = {var: os.environ.get(var) for var in _THREAD_ENV}
-        os.environ.update({var: str(self._spec[3]) for var in _THREAD_ENV})
         try:
-            for i in range(len(self._workers)):
-                self._workers[i] = _Worker(self._ctx, self._spec, self._start_timeout)
+            # Start all, then wait: the workers import torch in parallel.
+            with _thread_env(self._spec[3]):
+                for i in range(len(self._workers)):
+                    self._workers[i] = _Worker(self._ctx, self._spec)
+            for w in self._workers:
+                w.wait_ready(self._start_timeout)
         except BaseException:
             for w in self._workers:
                 if w is not None:
                     w.kill()
             raise
-        finally:
-            for var, value in saved.items():
-                if value is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = value
 
     @property
     def size(self) -> int:
@@ -553,8 +638,9 @@ class SandboxPool:
         if old is not None:
             old.kill()
         self._workers[i] = None
-        w = _Worker(self._ctx, self._spec, self._start_timeout)
-        self._workers[i] = w
+        with _thread_env(self._spec[3]):
+            w = _Worker(self._ctx, self._spec)
+        self._workers[i] = w.wait_ready(self._start_timeout)
         return w
 
     def _serve(self, i: int) -> None:
@@ -601,9 +687,13 @@ class SandboxPool:
             self._tasks.put(None)
         for t in self._threads:
             t.join()
-        for w in self._workers:
-            if w is not None:
-                w.stop()
+        live = [w for w in self._workers if w is not None]
+        for w in live:
+            w.ask_stop()
+        deadline = time.monotonic() + 5
+        for w in live:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            w.kill()
 
     def __enter__(self) -> "SandboxPool":
         return self
