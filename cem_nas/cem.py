@@ -1,0 +1,380 @@
+"""The cross-entropy loop: sample -> score -> select -> update, then hooks and store.
+
+One cycle (:meth:`CEM.run_cycle`) is the four CE steps:
+
+1. **sample** N proposals from the sampler, prompted with this cycle's baselines;
+2. **score**: apply each delta (``parse_error``/``apply_error``, tier recorded), check
+   the syntax, drop near-duplicates of anything already in the population (novelty
+   filter *before* evaluation, so duplicates are never trained), train and score the
+   rest in the sandbox pool, and give a random few of the scored ones extra proxy runs
+   with other seeds (the replicates the SNR is estimated from);
+3. **select** the elites: the top ``elite_fraction`` of the valid (status ``ok``)
+   scores; gamma_t is the lowest elite score;
+4. **update** the sampler toward the elites.
+
+:meth:`CEM.step` then runs the hooks and writes the cycle to the store; the state that
+resume needs is written last (the commit point, see :mod:`cem_nas.store`). Every
+proposal becomes a candidate row with exactly one final status: nothing is dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cem_nas import zoo
+from cem_nas.config import ConfigError, RunConfig, to_toml
+from cem_nas.delta import DeltaError, apply_delta, count_lines
+from cem_nas.hooks import Candidate, CycleRecord, Hook, Instrumentation, load_user_hook
+from cem_nas.novelty import NoveltyArchive
+from cem_nas.records import Baseline, Elite, EvalResult, Proposal, UpdateStats
+from cem_nas.store import RunStore, cycle_dataset
+
+
+@dataclass
+class Ranked:
+    """A scored candidate kept for iterative refinement and best-so-far."""
+
+    name: str
+    code: str
+    score: float
+    cycle: int
+
+
+@dataclass
+class LoopState:
+    """What the loop carries between cycles besides the sampler, archive and pool."""
+
+    cycles_done: int = 0
+    best: list[Ranked] = field(default_factory=list)  # best valid candidates so far, best first
+
+
+def candidate_name(cycle: int, cand: int) -> str:
+    """Archive key and baseline name of a candidate, e.g. ``c0003_017``."""
+    return f"c{cycle:04d}_{cand:03d}"
+
+
+def select_elites(cands: list[Candidate], elite_fraction: float) -> tuple[list[Candidate], float]:
+    """Top ceil(rho * n_valid) valid candidates by score (ties: earlier first) and gamma_t.
+
+    gamma_t is the lowest elite score: the empirical (1 - rho) quantile of the valid
+    scores. No valid candidate: no elites and gamma_t = NaN.
+
+    >>> c = [Candidate(i, "b", -1, status="ok", results=[EvalResult("ok", accuracy=a)])
+    ...      for i, a in enumerate([0.5, 0.9, 0.7, 0.9])]
+    >>> elites, gamma = select_elites(c, 0.5)
+    >>> [e.cand for e in elites], gamma
+    ([1, 3], 0.9)
+    """
+    valid = sorted((c for c in cands if c.status == "ok"), key=lambda c: (-c.score, c.cand))
+    if not valid:
+        return [], math.nan
+    elites = valid[:max(1, math.ceil(elite_fraction * len(valid)))]
+    return elites, elites[-1].score
+
+
+class CEM:
+    """The loop over cycles: owns the sampler, the pool, the archive, the store and the hooks."""
+
+    def __init__(self, cfg: RunConfig, sampler: Any, pool: Any, store: RunStore,
+                 rng: np.random.Generator | None = None, archive: NoveltyArchive | None = None,
+                 hooks: list[Hook] | None = None):
+        self.cfg = cfg
+        self.sampler = sampler
+        self.pool = pool
+        self.store = store
+        self.rng = rng if rng is not None else np.random.default_rng(cfg.run.seed)
+        self.archive = archive if archive is not None else NoveltyArchive(
+            threshold=cfg.search.novelty_threshold, num_perm=cfg.novelty.num_perm, shingle=cfg.novelty.shingle)
+        self.instrumentation = Instrumentation(cfg.hooks.gamma_ref, cfg.hooks.level, getattr(sampler, "mode", "delta"))
+        self.hooks = [self.instrumentation] + (hooks if hooks is not None else [load_user_hook(s) for s in cfg.hooks.user])
+        self.state = LoopState()
+        self.zoo = zoo_baselines(cfg.search.baselines)
+        self.born = {}  # baseline name -> cycle it was born in (absent: zoo)
+
+    # ------------------------------------------------------------ one cycle
+
+    def run_cycle(self, t: int) -> CycleRecord:
+        """One CE iteration: sample, score, select, update (see the module docstring)."""
+        seconds: dict[str, float] = {}
+        baselines = self.baselines()
+        with timed(seconds, "sample"):
+            proposals = self.sampler.propose(baselines, self.cfg.search.candidates, self.rng)
+        by_name = {b.name: b for b in baselines}
+        with timed(seconds, "apply"):
+            cands = [self.prepare(t, i, p, by_name) for i, p in enumerate(proposals)]
+            self.filter_duplicates(t, cands)
+        with timed(seconds, "evaluate"):
+            self.evaluate(cands)
+        elites, gamma = select_elites(cands, self.cfg.search.elite_fraction)
+        for c in elites:
+            c.is_elite = True
+        with timed(seconds, "update"):
+            stats = self.update(t, elites, proposals)
+        return CycleRecord(cycle=t, candidates=cands, gamma=gamma, update=stats, seconds=seconds,
+                           baselines=[b.name for b in baselines], alpha=float(getattr(self.sampler, "alpha", math.nan)),
+                           replicates=self.cfg.search.replicate_seeds)
+
+    def baselines(self) -> list[Baseline]:
+        """The parents of this cycle: the zoo, or in refine mode the best candidates so far."""
+        if self.cfg.search.baseline_mode == "refine" and self.state.best:
+            return [Baseline(r.name, r.code) for r in self.state.best[:self.cfg.search.refine_top]]
+        return list(self.zoo)
+
+    def prepare(self, t: int, i: int, p: Proposal, by_name: dict[str, Baseline]) -> Candidate:
+        """A proposal as a candidate: delta applied (delta mode), syntax checked."""
+        c = Candidate(cand=i, baseline=p.baseline, parent_cycle=self.born.get(p.baseline, -1), prompt=p.prompt,
+                      response=p.response, delta=p.delta or "", prompt_tokens=p.prompt_tokens,
+                      completion_tokens=p.completion_tokens, gen_seconds=p.gen_seconds,
+                      delta_lines=count_lines(p.delta) if p.delta else 0)
+        if self.sampler.mode == "delta":
+            if not p.delta:
+                c.status, c.message = "parse_error", p.meta.get("parse_error", "no unified diff found in the response")
+                return c
+            try:
+                applied = apply_delta(by_name[p.baseline].code, p.delta)
+            except DeltaError as e:
+                c.status, c.message = e.kind, str(e)
+                return c
+            c.code, c.apply_tier = applied.code, applied.tier
+        elif not p.code:
+            c.status, c.message = "parse_error", p.meta.get("parse_error", "no model file found in the response")
+            return c
+        else:
+            c.code = p.code
+        c.code_lines = count_lines(c.code)
+        try:
+            compile(c.code, "net.py", "exec")
+        except (SyntaxError, ValueError) as e:
+            c.status, c.message = "syntax_error", f"{type(e).__name__}: {e}"
+        return c
+
+    def filter_duplicates(self, t: int, cands: list[Candidate]) -> None:
+        """Novelty filter over the whole population so far (earlier cycles and this one)."""
+        for c in cands:
+            if c.status or not self.cfg.novelty.enabled:
+                continue
+            novel, similarity, nearest = self.archive.check(c.code)
+            c.novelty = float(similarity)
+            if novel:
+                self.archive.add(candidate_name(t, c.cand), c.code)
+            else:
+                c.status, c.message = "duplicate", f"Jaccard {similarity:.3f} to {nearest}"
+
+    def evaluate(self, cands: list[Candidate]) -> None:
+        """Proxy-train every pending candidate, then replicate seeds on a random few scored ones."""
+        pending = [c for c in cands if not c.status]
+        self._run(pending, (0,), "evaluate")
+        for c in pending:
+            c.status, c.message = c.results[0].status, c.results[0].message
+        reps = self.cfg.search.replicate_seeds
+        scored = [c for c in pending if c.status == "ok"]
+        k = min(self.cfg.search.replicate_candidates, len(scored)) if reps > 1 else 0
+        chosen = [scored[j] for j in sorted(self.rng.choice(len(scored), size=k, replace=False))] if k else []
+        self._run(chosen, tuple(range(1, reps)), "replicates")
+
+    def _run(self, cands: list[Candidate], seeds: tuple[int, ...], what: str) -> None:
+        futures = {self.pool.submit(c.code, seeds): c for c in cands}
+        with self.progress(total=len(futures), desc=what) as bar:
+            for fut, c in futures.items():
+                c.results.extend(fut.result())
+                bar.update()
+
+    def update(self, t: int, elites: list[Candidate], proposals: list[Proposal]) -> UpdateStats:
+        """The CE step on this cycle's elites; no valid candidate means no update."""
+        if not elites:
+            return UpdateStats()
+        batch = [Elite(baseline=c.baseline, prompt=c.prompt, completion=c.response, score=c.score, cycle=t,
+                       meta={**proposals[c.cand].meta, "cand": c.cand, "parent_cycle": c.parent_cycle,
+                             "code": c.code, "delta": c.delta})
+                 for c in elites]
+        with self.progress(total=1, desc="update") as bar:
+            stats = self.sampler.update(batch)
+            bar.update()
+        return stats
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def step(self) -> CycleRecord:
+        """Run the next cycle, run the hooks, write the cycle and commit the state."""
+        t = self.state.cycles_done
+        record = self.run_cycle(t)
+        values: dict[str, Any] = {}
+        variables: dict[str, tuple[str, str]] = {}
+        for hook in self.hooks:
+            values.update(hook.after_cycle(record))
+            variables.update(getattr(hook, "variables", {}))
+        self.remember_best(record)
+        ds = cycle_dataset(record, values, variables, self.attrs())
+        self.store.save_adapter(t, self.sampler.save)
+        self.store.write_cycle(ds)
+        self.state.cycles_done = t + 1
+        self.store.save_state(self.state_dict())
+        return record
+
+    def run(self, cycles: int | None = None) -> None:
+        """Run cycles until ``cycles`` (default: the config's) are done."""
+        total = self.cfg.search.cycles if cycles is None else cycles
+        while self.state.cycles_done < total:
+            self.step()
+
+    def remember_best(self, record: CycleRecord) -> None:
+        """Keep the best valid candidates so far (iterative refinement's baselines)."""
+        for c in record.candidates:
+            if c.status == "ok":
+                name = candidate_name(record.cycle, c.cand)
+                self.state.best.append(Ranked(name, c.code, c.score, record.cycle))
+                self.born[name] = record.cycle
+        self.state.best.sort(key=lambda r: (-r.score, r.cycle, r.name))
+        del self.state.best[max(self.cfg.search.refine_top, 1):]
+        self.born = {r.name: r.cycle for r in self.state.best}
+
+    def attrs(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"run_name": cfg.run.name, "sampler": cfg.sampler.kind, "mode": getattr(self.sampler, "mode", ""),
+                "seed": cfg.run.seed, "baseline_mode": cfg.search.baseline_mode,
+                "elite_fraction": cfg.search.elite_fraction, "novelty_threshold": cfg.search.novelty_threshold,
+                "config": to_toml(cfg), "versions": json.dumps(versions())}
+
+    @contextmanager
+    def progress(self, total: int, desc: str) -> Iterator[Any]:
+        with tqdm(total=total, desc=f"cycle {self.state.cycles_done} {desc}", disable=not self.cfg.run.progress,
+                  leave=False) as bar:
+            yield bar
+
+    def state_dict(self) -> dict:
+        """Everything resume needs besides the adapter files (JSON-able)."""
+        return {
+            "cycles_done": self.state.cycles_done,
+            "rng": self.rng.bit_generator.state,
+            "archive": self.archive.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "hooks": [h.state_dict() for h in self.hooks],
+            "best": [vars(r) for r in self.state.best],
+            "eval_cache": pool_cache_state(self.pool),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = LoopState(cycles_done=state["cycles_done"], best=[Ranked(**r) for r in state["best"]])
+        self.born = {r.name: r.cycle for r in self.state.best}
+        self.rng.bit_generator.state = state["rng"]
+        self.archive = NoveltyArchive.from_state_dict(state["archive"])
+        self.sampler.load_state_dict(state["sampler"])
+        if len(state["hooks"]) != len(self.hooks):
+            raise ConfigError(f"the run was saved with {len(state['hooks'])} hooks and now has {len(self.hooks)}; "
+                              "resume with the same hooks.user")
+        for hook, hs in zip(self.hooks, state["hooks"]):
+            hook.load_state_dict(hs)
+        load_pool_cache_state(self.pool, state.get("eval_cache"))
+
+
+def zoo_baselines(names: list[str]) -> list[Baseline]:
+    """The named zoo architectures (all of them when ``names`` is empty)."""
+    known = zoo.names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"search.baselines: unknown zoo baseline(s) {unknown}; known: {', '.join(known)}")
+    return [Baseline(n, zoo.source(n)) for n in (names or known)]
+
+
+@contextmanager
+def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = time.perf_counter() - start
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("cem-nas", "torch", "transformers", "peft", "numpy", "xarray"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def pool_cache_state(pool: Any) -> Any:
+    """The pool's evaluation cache as JSON-able data (None for an executor without one)."""
+    cache = getattr(pool, "cache", None)
+    return cache.state_dict() if cache is not None else None
+
+
+def load_pool_cache_state(pool: Any, state: Any) -> None:
+    cache = getattr(pool, "cache", None)
+    if state is not None and cache is not None:
+        cache.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- building a run from a config
+
+def build_sampler(cfg: RunConfig, task: Any) -> Any:
+    """The sampling distribution the config names."""
+    if cfg.sampler.kind == "grammar":
+        from cem_nas.sampler.grammar import GrammarSampler
+
+        return GrammarSampler(alpha=cfg.sampler.grammar_alpha, seed=cfg.run.seed, mode=cfg.sampler.mode)
+    from cem_nas.sampler.llm import LLMSampler
+
+    return LLMSampler(task, model=cfg.sampler.model, mode=cfg.sampler.mode, lora=cfg.sampler.lora,
+                      generation=cfg.sampler.generation, warm_start=cfg.sampler.warm_start,
+                      device=cfg.sampler.device, seed=cfg.run.seed,
+                      load_in_4bit=cfg.sampler.load_in_4bit)
+
+
+def make_pool(cfg: RunConfig, dataset: Any, protect: tuple[str, ...] = ()) -> Any:
+    """The evaluation executor: a local sandbox pool (dask is not built yet).
+
+    ``protect``: directories candidate code may not read (the run directory).
+    """
+    if cfg.executor.kind == "dask":
+        raise ConfigError("executor.kind = 'dask' is not available yet in this version; use executor.kind = 'local'")
+    from cem_nas.evaluate import EvaluationPool
+
+    return EvaluationPool(dataset, cfg.proxy, workers=cfg.executor.workers, protect=protect)
+
+
+def load_data(cfg: RunConfig) -> Any:
+    from cem_nas.data import load_dataset
+
+    d = cfg.data
+    return load_dataset(d.dataset, root=d.root or None, max_train=d.max_train or None, max_test=d.max_test or None,
+                        resize=d.resize or None, seed=cfg.run.seed, download=d.download)
+
+
+def run_search(cfg: RunConfig, resume_dir: str | Path | None = None) -> Path:
+    """Run (or continue) the search the config describes; returns the run directory.
+
+    With ``resume_dir`` the loop restores the state of the last complete cycle (sampler
+    state and adapter, novelty archive, RNG, evaluation cache, hook state) and runs the
+    remaining cycles; the caller has checked that the config may resume this run.
+    """
+    root = Path(resume_dir) if resume_dir is not None else Path(cfg.run.runs_dir) / cfg.run.name
+    store = RunStore(root)
+    # a run killed before its first cycle committed has no state: it starts at cycle 0
+    state = store.load_state() if resume_dir is not None and store.has_state() else None
+    if resume_dir is None:
+        store.create(to_toml(cfg, header=f"resolved config of run {cfg.run.name}"), overwrite=cfg.run.overwrite)
+    else:
+        # the resumable fields (cycles, workers, ...) may have changed: keep the file current
+        store.write_config(to_toml(cfg, header=f"resolved config of run {cfg.run.name}"))
+    dataset = load_data(cfg)
+    sampler = build_sampler(cfg, dataset.task_spec())
+    with make_pool(cfg, dataset, (str(root.resolve()),)) as pool:
+        loop = CEM(cfg, sampler, pool, store)
+        if state is not None and state["cycles_done"] > 0:
+            sampler.load(store.adapter_path(state["cycles_done"] - 1))
+            loop.load_state_dict(state)
+        loop.run()
+    return root

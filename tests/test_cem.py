@@ -1,0 +1,238 @@
+"""The CEM loop end to end: grammar sampler + real sandbox pool, a tiny random LLM, and a
+scripted sampler that produces every failure the loop must turn into a status."""
+import math
+import zlib
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+import torch
+
+from cem_nas import zoo
+from cem_nas.cem import CEM, build_sampler, make_pool, select_elites
+from cem_nas.config import ConfigError, RunConfig, apply_overrides, to_toml
+from cem_nas.data import load_dataset
+from cem_nas.delta import make_delta
+from cem_nas.records import STATUSES, EvalResult, Proposal, UpdateStats
+from cem_nas.store import RunStore, load
+from theory import reliability
+from theory.convergence import wilson_interval
+
+torch.set_num_threads(1)
+
+
+def small_config(tmp_path, **overrides) -> RunConfig:
+    base = {"run.runs_dir": str(tmp_path), "run.progress": "false", "data.max_train": "300", "data.max_test": "100",
+            "search.cycles": "2", "search.candidates": "6", "search.baselines": "mlp", "search.elite_fraction": "0.34",
+            "search.replicate_candidates": "4", "search.replicate_seeds": "2", "executor.workers": "2"}
+    return apply_overrides(RunConfig(), {**base, **overrides})
+
+
+def open_loop(cfg, sampler, pool) -> CEM:
+    store = RunStore(f"{cfg.run.runs_dir}/{cfg.run.name}")
+    store.create(to_toml(cfg))
+    return CEM(cfg, sampler, pool, store)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    dataset = load_dataset("mnist5k", max_train=300, max_test=100, seed=0)
+    with make_pool(small_config("/unused"), dataset) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def grammar_run(pool, tmp_path_factory):
+    cfg = small_config(tmp_path_factory.mktemp("runs"), **{"sampler.kind": "grammar", "run.name": "g"})
+    loop = open_loop(cfg, build_sampler(cfg, None), pool)
+    loop.run()
+    return cfg, loop, load(loop.store.root)
+
+
+def test_grammar_run_store_is_complete(grammar_run):
+    cfg, loop, ds = grammar_run
+    assert ds.sizes["cycle"] == 2 and ds.sizes["cand"] == 6
+    statuses = ds.status.values.astype(str)
+    assert set(statuses.ravel()) <= set(STATUSES) and "" not in statuses
+    assert (ds.status_count.sum("status_kind") == ds.n_cand).all() and (ds.n_cand == 6).all()
+    assert (ds.status == "ok").any()
+    for name in ("gamma", "gamma_ref", "p_E", "p_E_lo", "p_E_hi", "q_E", "valid_rate", "score_best", "best_so_far",
+                 "seconds_sample", "seconds_evaluate", "update_loss_before", "elite_nll_after", "tokens_per_proposal"):
+        assert np.isfinite(ds[name].values).all(), name
+    assert np.isfinite(ds.smoothing_residual.values[1]) and ds.alpha.values[1] == cfg.sampler.grammar_alpha
+    # the grammar update is exact CE: it can only raise the elites' likelihood
+    assert (ds.elite_nll_after <= ds.elite_nll_before + 1e-12).all()
+    assert (loop.store.adapter_path(1) / "grammar_sampler.json").exists()
+    assert ds.attrs["sampler"] == "grammar" and "elite_fraction = 0.34" in ds.attrs["config"]
+
+
+def test_grammar_run_hook_values_agree_with_theory(grammar_run):
+    cfg, loop, ds = grammar_run
+    rho = cfg.search.elite_fraction
+    gamma_ref = float(ds.gamma.values[0])  # frozen from cycle 0
+    previous = None
+    for t in range(2):
+        c = ds.sel(cycle=t)
+        score, status, elite = c.score.values, c.status.values.astype(str), c.is_elite.values
+        ok = status == "ok"
+        assert elite.sum() == math.ceil(rho * ok.sum()) and not elite[~ok].any()
+        assert float(c.gamma) == score[elite].min() and (score[ok & ~elite] <= float(c.gamma)).all()
+        in_e = np.nan_to_num(score, nan=-np.inf) >= gamma_ref
+        assert (c.in_E.values == in_e).all() and float(c.gamma_ref) == gamma_ref
+        p, q = in_e.mean(), in_e[elite].mean()
+        assert float(c.p_E) == pytest.approx(p) and float(c.q_E) == pytest.approx(q)
+        assert (float(c.p_E_lo), float(c.p_E_hi)) == pytest.approx(wilson_interval(in_e.sum(), len(score)))
+        if previous is not None:
+            a = cfg.sampler.grammar_alpha
+            expected = (1 - p) - (a * (1 - previous[1]) + (1 - a) * (1 - previous[0]))
+            assert float(c.smoothing_residual) == pytest.approx(expected)
+        previous = (p, q)
+        rep = c.rep_score.values
+        assert (rep[:, 0][ok] == score[ok]).all()
+        rows = rep[np.isfinite(rep).sum(axis=1) == 2]
+        assert len(rows) == min(4, ok.sum()) == int(c.n_rep_arch)
+        if len(rows) >= 3 and np.std(rows) > 0:
+            assert float(c.icc) == pytest.approx(reliability.icc1(rows).icc)
+        assert float(c.valid_rate) == ok.mean()
+        assert float(c.score_best) == np.nanmax(score)
+
+
+# ---------------------------------------------------------------- every failure becomes a status
+
+class ScriptedSampler:
+    """Proposals that hit each early failure, plus valid edits of mlp (one repeated)."""
+
+    mode = "delta"
+
+    def __init__(self):
+        self.updates = []
+
+    def propose(self, baselines, n, rng):
+        base = baselines[0]
+        lines = base.code.splitlines(keepends=True)
+        out = [Proposal(base.name, "p", "prose, no diff", meta={"parse_error": "no diff in prose"}),
+               Proposal(base.name, "p", "r", delta="--- a/net.py\n+++ b/net.py\n@@ -1,1 +1,1 @@\n-nothing here\n+x\n"),
+               Proposal(base.name, "p", "r", delta=make_delta(base.code, base.code + "\ndef broken(:\n"))]
+        k = 0
+        while len(out) < n:
+            # distinct edits (a block of different numbers each); the last one repeats the first
+            j = k if len(out) < n - 1 else 0
+            edit = "".join(f"\nEXTRA_{i} = {j * 1000 + i}" for i in range(8)) + "\n"
+            out.append(Proposal(base.name, f"prompt {len(out)}", f"resp {len(out)}", delta=make_delta(base.code, base.code + edit),
+                                completion_tokens=7, meta={"k": k}))
+            k += 1
+        assert "".join(lines) == base.code
+        return out
+
+    def update(self, elites):
+        self.updates.append(elites)
+        return UpdateStats(1.0, 0.5, 2.0, 1.0, steps=1, examples=len(elites))
+
+    def state_dict(self):
+        return {"updates": len(self.updates)}
+
+    def load_state_dict(self, state):
+        pass
+
+    def save(self, directory):
+        (directory / "scripted.txt").write_text(str(len(self.updates)))
+
+    def load(self, directory):
+        pass
+
+
+class FakePool:
+    """Deterministic scores from a hash of the code; records what was submitted."""
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, code, seeds):
+        self.calls.append((code, tuple(seeds)))
+        fut = Future()
+        fut.set_result([EvalResult("ok", accuracy=0.3 + (zlib.crc32(f"{code}{s}".encode()) % 1000) / 2000, seed=s)
+                        for s in seeds])
+        return fut
+
+
+def test_every_failure_is_a_row_with_its_status(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "9", "search.cycles": "1", "search.replicate_candidates": "2",
+                                    "search.replicate_seeds": "3", "search.novelty_threshold": "1.0"})
+    sampler, pool = ScriptedSampler(), FakePool()
+    loop = open_loop(cfg, sampler, pool)
+    record = loop.step()
+    status = [c.status for c in record.candidates]
+    assert status[:3] == ["parse_error", "apply_error", "syntax_error"]
+    assert status[-1] == "duplicate" and record.candidates[-1].message.startswith("Jaccard 1.000")
+    assert status[3:-1] == ["ok"] * 5
+    assert record.candidates[0].message == "no diff in prose" and record.candidates[3].apply_tier
+    # duplicates and failures are never trained; replicates only for 2 ok candidates, seeds 1..2
+    first = [c for c, s in pool.calls if s == (0,)]
+    assert len(first) == 5 and sum(s == (1, 2) for _, s in pool.calls) == 2
+    elites = sampler.updates[0]
+    assert len(elites) == 2 and all(e.meta["parent_cycle"] == -1 and e.baseline == "mlp" and e.cycle == 0 for e in elites)
+    assert [e.score for e in elites] == sorted((c.score for c in record.candidates if c.status == "ok"), reverse=True)[:2]
+    ds = load(loop.store.root)
+    assert ds.status.values[0].tolist() == status and ds.n_rep_arch.item() == 2
+    assert (ds.delta_lines.values[0, 3:] > 0).all() and ds.code.values[0, 0] == ""
+
+
+def test_refine_mode_uses_the_best_candidates_as_baselines(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "7", "search.cycles": "2", "search.baseline_mode": "refine",
+                                    "search.refine_top": "1", "search.novelty_threshold": "1.0"})
+    sampler = ScriptedSampler()
+    loop = open_loop(cfg, sampler, FakePool())
+    first = loop.step()
+    best = max((c for c in first.candidates if c.status == "ok"), key=lambda c: c.score)
+    second = loop.step()
+    assert second.baselines == [f"c0000_{best.cand:03d}"]
+    assert {c.parent_cycle for c in second.candidates} == {0}
+    assert all(e.meta["parent_cycle"] == 0 for e in sampler.updates[1])
+    # the new baseline's code is the elite's code: the scripted edits apply on top of it
+    assert all(c.code.startswith(best.code) for c in second.candidates if c.code)
+
+
+def test_no_valid_candidate_means_no_update_and_nan(tmp_path):
+    class Prose(ScriptedSampler):
+        def propose(self, baselines, n, rng):
+            return [Proposal("mlp", "p", "prose") for _ in range(n)]
+
+    sampler = Prose()
+    loop = open_loop(small_config(tmp_path, **{"search.cycles": "1"}), sampler, FakePool())
+    loop.run()
+    ds = load(loop.store.root)
+    assert sampler.updates == [] and (ds.status == "parse_error").all()
+    assert math.isnan(ds.gamma.item()) and ds.p_E.item() == 0 and math.isnan(ds.update_loss_before.item())
+
+
+def test_tiny_random_llm_end_to_end(tmp_path):
+    from test_llm_sampler import CORPUS, TASK, tiny_model, tokenizer  # noqa: F401 (fixture)
+    from cem_nas.sampler.llm import GenerationSettings, LLMSampler, LoRASettings, WarmStartSettings
+
+    tok = tokenizer.__wrapped__()
+    sampler = LLMSampler(TASK, tiny_model(tok), lora=LoRASettings(rank=2, steps=1), corpus=CORPUS,
+                         generation=GenerationSettings(max_new_tokens=8, batch_size=4),
+                         warm_start=WarmStartSettings(enabled=False))
+    loop = open_loop(small_config(tmp_path, **{"search.candidates": "4"}), sampler, FakePool())
+    loop.run()
+    ds = load(loop.store.root)
+    assert ds.sizes["cycle"] == 2 and set(ds.status.values.ravel().astype(str)) <= set(STATUSES)
+    assert (ds.completion_tokens > 0).all() and np.isfinite(ds.tokens_per_proposal).all()
+    assert (loop.store.adapter_path(0) / "adapter_config.json").exists()
+
+
+def test_select_elites_without_valid_candidates():
+    assert select_elites([], 0.5)[0] == [] and math.isnan(select_elites([], 0.5)[1])
+
+
+def test_dask_executor_is_refused_clearly(tmp_path):
+    cfg = small_config(tmp_path, **{"executor.kind": "dask", "executor.scheduler": "tcp://h:8786"})
+    with pytest.raises(ConfigError, match="dask' is not available yet"):
+        make_pool(cfg, None)
+
+
+def test_unknown_baseline_is_refused(tmp_path):
+    cfg = small_config(tmp_path, **{"search.baselines": "nonet"})
+    with pytest.raises(ConfigError, match=r"unknown zoo baseline\(s\) \['nonet'\]"):
+        open_loop(cfg, ScriptedSampler(), FakePool())
+    assert "mlp" in zoo.names()
