@@ -212,10 +212,12 @@ def population_elites(probs, quality, rho, noise_sd: float = 0.0):
         levels, level_of = np.unique(quality, return_inverse=True)
         mass = np.bincount(level_of, weights=probs, minlength=levels.size)[::-1]  # best first
         above = np.concatenate(([0.0], np.cumsum(mass)[:-1]))
-        share = np.clip((rho - above) / np.where(mass > 0, mass, 1.0), 0.0, 1.0)
-        share[mass == 0] = 0.0
+        # A level whose better levels already hold rho (to rounding) gets no share; otherwise
+        # 0.1 + 0.1 landing a hair under 0.2 would make the next level the boundary.
+        included = (above < rho - 1e-12) & (mass > 0)
+        share = np.where(included, np.clip((rho - above) / np.where(mass > 0, mass, 1.0), 0.0, 1.0), 0.0)
         weight = share[::-1][level_of]
-        boundary = int(np.flatnonzero((above < rho) & (mass > 0))[-1])
+        boundary = int(np.flatnonzero(included)[-1])
         gamma = float(levels[::-1][boundary])
     else:
         def excess(g):
