@@ -54,10 +54,10 @@ def tiny_model(tokenizer, seed: int = 0) -> LoadedModel:
     return LoadedModel(LlamaForCausalLM(config).eval(), tokenizer, "cpu", "tiny-llama")
 
 
-def make_sampler(tokenizer, mode="delta", steps=20, lr=1e-2, **kw) -> LLMSampler:
+def make_sampler(tokenizer, mode="delta", steps=20, lr=1e-2, prompt_grad=False, **kw) -> LLMSampler:
     return LLMSampler(
         TASK, tiny_model(tokenizer), mode=mode,
-        lora=LoRASettings(rank=4, alpha=8, dropout=0.0, steps=steps, lr=lr, batch_size=4),
+        lora=LoRASettings(rank=4, alpha=8, dropout=0.0, steps=steps, lr=lr, batch_size=4, prompt_grad=prompt_grad),
         generation=kw.pop("generation", GenerationSettings(max_new_tokens=12, max_new_tokens_full=12, batch_size=3)),
         warm_start=kw.pop("warm_start", WarmStartSettings(enabled=False)),
         corpus=CORPUS, seed=1, **kw,
@@ -82,8 +82,24 @@ def test_completion_only_loss_mask(tokenizer):
     n_prompt = len(lora_sft.encode_prompt(tokenizer, "prompt text "))
     assert labels[:n_prompt] == [lora_sft.IGNORE] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tokenizer.eos_token_id
-    batch = lora_sft.collate([(ids, labels), (ids[:3], labels[:3])], tokenizer.pad_token_id, "cpu")
-    assert batch["labels"][1, 3:].eq(lora_sft.IGNORE).all() and batch["attention_mask"][1].sum() == 3
+    short = (ids[: n_prompt + 2], labels[: n_prompt + 2])
+    batch = lora_sft.collate([(ids, labels), short], tokenizer.pad_token_id, "cpu")
+    pad = len(ids) - len(short[0])
+    assert batch["labels"][1, :pad].eq(lora_sft.IGNORE).all() and batch["attention_mask"][1].sum() == len(short[0])
+    assert batch["position_ids"][1, pad:].tolist() == list(range(len(short[0])))
+    assert batch["keep"] == len(ids) - n_prompt + 1
+
+
+def test_shared_prompt_nll_equals_full_nll(tokenizer):
+    """Both loss paths give the same value (the shared one just skips prompt gradients)."""
+    loaded = tiny_model(tokenizer)
+    pairs = [("prompt one ", "```diff\n-a\n```"), ("prompt one ", "```diff\n+bb\n```"), ("two ", "x = 1")]
+    encoded = [lora_sft.encode_example(tokenizer, p, c) for p, c in pairs]
+    with torch.no_grad():
+        full, n_full = lora_sft.completion_nll_sum(loaded.model, encoded, tokenizer.pad_token_id, "cpu", True)
+        shared, n_shared = lora_sft.completion_nll_sum(loaded.model, encoded, tokenizer.pad_token_id, "cpu", False)
+    assert n_full == n_shared == sum(len(y) - lora_sft.prompt_length(y) for _, y in encoded)
+    assert float(shared) == pytest.approx(float(full), rel=1e-5)
 
 
 def test_left_padded_batch_matches_single_prompts(tokenizer):
@@ -157,11 +173,11 @@ def test_adapter_loads_with_plain_peft(tokenizer, tmp_path):
 
 
 def test_resume_reproduces_the_next_update(tokenizer, tmp_path):
-    a = make_sampler(tokenizer, steps=3)
+    a = make_sampler(tokenizer, steps=3, prompt_grad=True)
     a.update(elites_for(a, cycle=0))
     state = json.loads(json.dumps(a.state_dict()))
     a.save(tmp_path)
-    b = make_sampler(tokenizer, steps=3)
+    b = make_sampler(tokenizer, steps=3, prompt_grad=True)
     b.load_state_dict(state)
     b.load(tmp_path)
     assert b.replay == a.replay and b.updates == 1

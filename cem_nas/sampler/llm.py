@@ -187,7 +187,8 @@ class LLMSampler:
 
     def _train(self, draw, steps: int, lr: float) -> list[float]:
         return lora_sft.train_steps(
-            self.model, draw, steps, lr, self.tokenizer.pad_token_id, self.loaded.device, self.rng, self.lora.grad_clip
+            self.model, draw, steps, lr, self.tokenizer.pad_token_id, self.loaded.device, self.rng,
+            self.lora.grad_clip, self.lora.prompt_grad,
         )
 
     # -- warm start -------------------------------------------------------------------
@@ -212,6 +213,9 @@ class LLMSampler:
     def warm_start(self) -> UpdateStats:
         """LoRA fine-tune on the corpus (or load the cached result); returns what it did.
 
+        Each step trains on ``warm.batch_size`` pairs of one baseline, the baseline drawn
+        with probability proportional to its number of pairs (so pairs are equally likely).
+
         ``elite_nll_*`` here is the corpus' mean completion NLL before/after (on up to 16
         examples); when the adapter came from the cache, the stats saved with it.
         """
@@ -229,8 +233,19 @@ class LLMSampler:
             )
         probe = encoded[:16]
         before = self._nll(probe)
-        size = self.warm.batch_size
-        losses = self._train(lambda rng: [encoded[i] for i in rng.choice(len(encoded), size)], self.warm.steps, self.warm.lr)
+        # one baseline per step: the batch shares its prompt, which the shared-prompt loss
+        # path then encodes once (a step costs ~ its completions, not batch x prompt)
+        groups: dict[tuple, list] = {}
+        for e in encoded:
+            groups.setdefault(tuple(e[0][: lora_sft.prompt_length(e[1])]), []).append(e)
+        members = list(groups.values())
+        weights = np.array([len(m) for m in members], dtype=float) / len(encoded)
+
+        def draw(rng: np.random.Generator) -> list:
+            group = members[int(rng.choice(len(members), p=weights))]
+            return [group[int(i)] for i in rng.integers(len(group), size=self.warm.batch_size)]
+
+        losses = self._train(draw, self.warm.steps, self.warm.lr)
         stats = _update_stats(losses, before, self._nll(probe), len(encoded), t0)
         if self.warm.cache:
             tmp = target.with_name(target.name + ".tmp")

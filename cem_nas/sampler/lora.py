@@ -41,6 +41,11 @@ class LoRASettings:
     """Longest tokenised prompt+completion trained on; longer ones are skipped (and counted)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
+    prompt_grad: bool = False
+    """Backpropagate through the prompt positions too. False (default) encodes each
+    distinct prompt once without gradient and trains through the completion positions
+    only: the same loss, several times cheaper when prompts are long (the baseline
+    file) and completions short (a delta), as on CPU; set True for the exact gradient."""
     replay_size: int = 64
     """How many elites from earlier cycles the replay buffer keeps (best scores kept)."""
     replay_share: float = 0.25
@@ -104,8 +109,19 @@ def encode_example(tokenizer, prompt: str, completion: str) -> tuple[list[int], 
     return p + c, [IGNORE] * len(p) + c
 
 
+def prompt_length(labels: Sequence[int]) -> int:
+    """Number of leading prompt positions (labelled ``IGNORE``) of an encoded example."""
+    return next((i for i, y in enumerate(labels) if y != IGNORE), len(labels))
+
+
 def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device) -> dict:
-    """Right-pad a list of encoded examples into ``input_ids``, ``attention_mask``, ``labels``."""
+    """Left-pad encoded examples into ``input_ids``, ``attention_mask``, ``labels``, ``position_ids``.
+
+    Left padding puts every completion at the end of its row, so the logits are only
+    needed for the last ``keep`` positions (``keep`` = longest completion + 1): the
+    prompt positions never pay for the vocabulary projection. Position ids count real
+    tokens only, so a padded row is computed as if it were alone.
+    """
     import torch
 
     width = max(len(ids) for ids, _ in encoded)
@@ -113,32 +129,98 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, device)
     labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
     for row, (x, y) in enumerate(encoded):
-        ids[row, : len(x)] = torch.tensor(x)
-        labels[row, : len(y)] = torch.tensor(y)
-        mask[row, : len(x)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+        ids[row, width - len(x) :] = torch.tensor(x)
+        labels[row, width - len(y) :] = torch.tensor(y)
+        mask[row, width - len(x) :] = 1
+    keep = max(len(y) - prompt_length(y) for _, y in encoded) + 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    to = {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions}
+    return {k: v.to(device) for k, v in to.items()} | {"keep": min(keep, width)}
 
 
-def token_nll_sums(model, batch: dict) -> tuple[object, int]:
-    """Summed NLL over the labelled (completion) tokens of a batch and their count.
-
-    Logits at position t predict token t+1, hence the shift.
-    """
+def _nll_full(model, encoded: Sequence, pad_id: int, device) -> tuple[object, int]:
+    """Summed completion NLL with gradients through every position (prompt included)."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    target = batch["labels"][:, 1:]
+    batch = collate(encoded, pad_id, device)
+    keep = batch["keep"]
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"], logits_to_keep=keep,
+    ).logits
+    # logits at position t predict token t+1: the kept window [W-keep, W) predicts [W-keep+1, W)
+    target = batch["labels"][:, -keep + 1 :] if keep > 1 else batch["labels"][:, :0]
     nll = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-        ignore_index=IGNORE, reduction="sum",
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
     return nll, int((target != IGNORE).sum())
+
+
+def _nll_shared_prompt(model, encoded: Sequence, pad_id: int, device) -> tuple[object, int]:
+    """Summed completion NLL, the prompt encoded once per distinct prompt and without gradient.
+
+    Examples are grouped by prompt; each group's prompt (minus its last token) runs once
+    under ``no_grad`` and its key/value cache is repeated over the group's completions,
+    which run with gradients. The loss value equals :func:`_nll_full`'s; the gradient
+    omits the path through the prompt tokens' keys and values (their LoRA terms), which
+    makes a step cost about the completions' length instead of prompt + completion.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    groups: dict[tuple, list[list[int]]] = {}
+    for ids, labels in encoded:
+        n = prompt_length(labels)
+        if n < 1:
+            raise ValueError("an example needs at least one prompt token")
+        groups.setdefault(tuple(ids[:n]), []).append(ids[n:])
+    total, count = None, 0
+    for prompt, completions in groups.items():
+        k = len(completions)
+        with torch.no_grad():
+            if len(prompt) > 1:
+                cache = model(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True).past_key_values
+                cache.batch_repeat_interleave(k)
+            else:
+                cache = None
+        width = max(len(c) for c in completions) + 1
+        ids = torch.full((k, width), pad_id, dtype=torch.long)
+        labels = torch.full((k, width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((k, len(prompt) - 1 + width), dtype=torch.long)
+        mask[:, : len(prompt) - 1] = 1
+        for row, c in enumerate(completions):
+            ids[row, : len(c) + 1] = torch.tensor([prompt[-1], *c])
+            labels[row, : len(c)] = torch.tensor(c)
+            mask[row, len(prompt) - 1 : len(prompt) + len(c)] = 1
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache, use_cache=cache is not None
+        ).logits
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.to(device).reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
+        total = nll if total is None else total + nll
+        count += int((labels != IGNORE).sum())
+    return total, count
+
+
+def completion_nll_sum(model, encoded: Sequence, pad_id: int, device, prompt_grad: bool = True) -> tuple[object, int]:
+    """Summed NLL over the completion tokens of ``encoded`` examples, and their count.
+
+    ``sum_i sum_t -log p(y_it | prompt_i, y_i,<t)``; ``prompt_grad=False`` uses the
+    shared-prompt path (same value, cheaper, gradient only through completion positions).
+    """
+    if not encoded:
+        raise ValueError("completion_nll_sum needs at least one example")
+    if prompt_grad:
+        return _nll_full(model, encoded, pad_id, device)
+    return _nll_shared_prompt(model, encoded, pad_id, device)
 
 
 def mean_completion_nll(model, encoded: Sequence, pad_id: int, device, batch_size: int = 4) -> float:
     """Mean NLL per completion token (nats) of ``encoded`` examples, without gradients.
 
     ``mean = sum_i sum_t nll_it / sum_i T_i`` (pooled over tokens, as the training loss).
+    Uses the shared-prompt path: without gradients it gives the same value, cheaper.
     """
     import torch
 
@@ -149,7 +231,7 @@ def mean_completion_nll(model, encoded: Sequence, pad_id: int, device, batch_siz
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            s, n = token_nll_sums(model, collate(encoded[start : start + batch_size], pad_id, device))
+            s, n = completion_nll_sum(model, encoded[start : start + batch_size], pad_id, device, prompt_grad=False)
             total, count = total + float(s), count + n
     model.train(was_training)
     return total / max(count, 1)
@@ -164,11 +246,13 @@ def train_steps(
     device,
     rng: np.random.Generator,
     grad_clip: float = 1.0,
+    prompt_grad: bool = True,
 ) -> list[float]:
     """Run ``steps`` AdamW steps on the trainable (LoRA) parameters; return each step's loss.
 
     ``draw_batch(rng)`` returns the encoded examples of one step. The loss of a step is the
-    token-pooled mean completion NLL of its batch. Torch's RNG (LoRA dropout) is seeded
+    token-pooled mean completion NLL of its batch (``prompt_grad``: see
+    :func:`completion_nll_sum`). Torch's RNG (LoRA dropout) is seeded
     from ``rng`` inside a forked RNG state so the caller's global torch state is untouched.
     """
     import torch
@@ -183,7 +267,7 @@ def train_steps(
         torch.manual_seed(int(rng.integers(2**62)))
         model.train()
         for _ in range(steps):
-            nll, count = token_nll_sums(model, collate(draw_batch(rng), pad_id, device))
+            nll, count = completion_nll_sum(model, draw_batch(rng), pad_id, device, prompt_grad)
             loss = nll / max(count, 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,127 @@
+"""LLM sampler on this CPU with the embedded SmolLM2-135M-Instruct.
+
+Measures, per mode: model load seconds (from the safetensors cache), warm-start seconds
+(or the cached result), batched generation tokens/s (and the batch-1 rate for the ratio),
+the share of sampled proposals that parse, apply and build, and seconds per CE update.
+
+    python -m benchmarks.bench_llm --samples 16 --modes delta full
+
+"Build" means: the AST policy accepts the file, ``Net`` is constructed for the task and a
+random batch gives (1, num_classes) logits. Run it on a quiet machine: timings scale with
+the load average, which is printed alongside.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from cem_nas import zoo
+from cem_nas.delta import DeltaError, apply_delta
+from cem_nas.records import Baseline, Elite, TaskSpec
+from cem_nas.sandbox import check_policy
+from cem_nas.sampler.llm import GenerationSettings, LLMSampler, LoRASettings, WarmStartSettings
+from cem_nas.sampler.model import load_model
+
+TASK = TaskSpec("mnist5k", (1, 28, 28), 10)
+
+
+def outcome(proposal, baseline: Baseline) -> tuple[str, str | None]:
+    """(status, code) of a proposal: parse_error, apply_error, unchanged, build_error or ok."""
+    if proposal.delta is None and proposal.code is None:
+        return "parse_error", None
+    code = proposal.code
+    if proposal.delta is not None:
+        try:
+            code = apply_delta(baseline.code, proposal.delta).code
+        except DeltaError:
+            return "apply_error", None
+    if code.strip() == baseline.code.strip():
+        return "unchanged", code
+    try:
+        check_policy(code)
+        zoo.check_output(zoo.build(code, TASK.in_shape, TASK.num_classes), TASK.in_shape, TASK.num_classes)
+    except Exception:  # any failure of untrusted code is a build failure here
+        return "build_error", code
+    return "ok", code
+
+
+def bench_mode(mode: str, loaded, args) -> dict:
+    warm = WarmStartSettings(corpus_size=args.corpus, steps=args.warm_steps if mode == "delta" else args.full_warm_steps,
+                             batch_size=args.warm_batch)
+    sampler = LLMSampler(TASK, loaded, mode=mode, warm_start=warm, lora=LoRASettings(steps=args.update_steps),
+                         generation=GenerationSettings(batch_size=args.gen_batch, temperature=args.temperature))
+    cached = (sampler.warm_start_dir() / "warm_start.json").is_file()
+    t0 = time.perf_counter()
+    warm_stats = sampler.warm_start()
+    warm_seconds = time.perf_counter() - t0
+    baselines = [Baseline(n, zoo.source(n)) for n in zoo.names()]
+    proposals = sampler.propose(baselines, args.samples, np.random.default_rng(args.seed))
+    by_name = {b.name: b for b in baselines}
+    outcomes = [outcome(p, by_name[p.baseline]) for p in proposals]
+    statuses = [s for s, _ in outcomes]
+    batches = {(p.meta["batch_seconds"], p.meta["batch_size"]) for p in proposals}
+    tokens = sum(p.completion_tokens for p in proposals)
+    seconds = sum(s for s, _ in batches)
+    t1 = time.perf_counter()
+    single = sampler.propose(baselines[:1], 2, np.random.default_rng(args.seed)) if args.single else []
+    single_rate = sum(p.completion_tokens for p in single) / (time.perf_counter() - t1) if single else float("nan")
+    ok = [(p, code) for p, (s, code) in zip(proposals, outcomes) if s == "ok"]
+    elites = [Elite(p.baseline, p.prompt, p.delta if mode == "delta" else code, 1.0, 0) for p, code in ok[:4]]
+    if not elites:  # nothing valid: update toward corpus pairs so the update is still timed
+        elites = [Elite(f"corpus{i}", pr, c, 1.0, 0) for i, (pr, c) in enumerate(sampler.corpus_examples()[:4])]
+    update = sampler.update(elites)
+    return {
+        "mode": mode,
+        "warm_start_cached": cached,
+        "warm_start_seconds": round(warm_seconds, 1),
+        "warm_start": dataclasses.asdict(warm_stats),
+        "samples": len(proposals),
+        "status_counts": {s: statuses.count(s) for s in sorted(set(statuses))},
+        "valid_share": statuses.count("ok") / max(len(statuses), 1),
+        "completion_tokens_median": statistics.median(p.completion_tokens for p in proposals) if proposals else 0,
+        "tokens_per_s_batched": tokens / seconds if seconds else float("nan"),
+        "tokens_per_s_batch1": single_rate,
+        "batched_vs_single": (tokens / seconds) / single_rate if single else float("nan"),
+        "update": dataclasses.asdict(update),
+        "example_response": proposals[0].response[:600] if proposals else "",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", nargs="+", default=["delta", "full"], choices=["delta", "full"])
+    parser.add_argument("--samples", type=int, default=50, help="proposals sampled per mode after warm start")
+    parser.add_argument("--corpus", type=int, default=48, help="warm-start corpus pairs")
+    parser.add_argument("--warm-steps", type=int, default=24, help="warm-start steps, delta mode")
+    parser.add_argument("--full-warm-steps", type=int, default=24, help="warm-start steps, full mode")
+    parser.add_argument("--warm-batch", type=int, default=4)
+    parser.add_argument("--update-steps", type=int, default=8)
+    parser.add_argument("--gen-batch", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--single", action="store_true", help="also time batch-1 generation for the ratio")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    loads = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        load_model("smollm2", "cpu")
+        loads.append(time.perf_counter() - t0)
+    print(f"model load from cache: median {statistics.median(loads):.2f} s over {len(loads)}", flush=True)
+    for mode in args.modes:
+        result = bench_mode(mode, load_model("smollm2", "cpu"), args)
+        print(json.dumps(result, indent=1, default=float), flush=True)
+    print(f"load average after: {os.getloadavg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
