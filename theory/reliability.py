@@ -66,8 +66,8 @@ def snr_from_icc(icc):
     return scalar_or_array(snr)
 
 
-def _replicate_groups(scores) -> list[np.ndarray]:
-    """Rows of a 2-D score table with NaN removed; rows with no score are dropped."""
+def _replicate_table(scores) -> np.ndarray:
+    """The (n, k) score table without architectures that have no score, after checks."""
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 2:
         raise ValueError(
@@ -75,13 +75,12 @@ def _replicate_groups(scores) -> list[np.ndarray]:
         )
     if np.any(np.isinf(scores)):
         raise ValueError("scores contain inf; mark missing replicates with NaN instead")
-    groups = [row[~np.isnan(row)] for row in scores]
-    groups = [g for g in groups if g.size > 0]
-    if len(groups) < 2:
+    table = scores[np.any(~np.isnan(scores), axis=1)]
+    if table.shape[0] < 2:
         raise ValueError("ICC needs at least 2 architectures with at least one score each")
-    if sum(g.size for g in groups) - len(groups) < 1:
+    if np.sum(~np.isnan(table)) - table.shape[0] < 1:
         raise ValueError("ICC needs at least one architecture with 2 or more replicates")
-    return groups
+    return table
 
 
 def icc1(scores, level: float = 0.95) -> ICCResult:
@@ -100,14 +99,14 @@ def icc1(scores, level: float = 0.95) -> ICCResult:
     (0.971, 33.4, 4, 2.0)
     """
     level = check_level(level)
-    groups = _replicate_groups(scores)
-    sizes = np.array([g.size for g in groups], dtype=float)
-    n, n_obs = len(groups), int(sizes.sum())
-    means = np.array([g.mean() for g in groups])
-    grand = sum(g.sum() for g in groups) / n_obs
+    table = _replicate_table(scores)
+    sizes = np.sum(~np.isnan(table), axis=1).astype(float)
+    n, n_obs = table.shape[0], int(sizes.sum())
+    means = np.nansum(table, axis=1) / sizes
+    grand = np.nansum(table) / n_obs
     df_b, df_w = n - 1, n_obs - n
     ms_b = float(np.sum(sizes * (means - grand) ** 2) / df_b)
-    ms_w = float(sum(np.sum((g - m) ** 2) for g, m in zip(groups, means)) / df_w)
+    ms_w = float(np.nansum((table - means[:, None]) ** 2) / df_w)
     k0 = float((n_obs - np.sum(sizes**2) / n_obs) / df_b)
     var_b, var_w = (ms_b - ms_w) / k0, ms_w
 
@@ -150,9 +149,9 @@ def icc1_mixedlm(scores, level: float = 0.95, max_snr: float = 1e6) -> ICCResult
     from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams
 
     level = check_level(level)
-    groups = _replicate_groups(scores)
-    endog = np.concatenate(groups)
-    labels = np.repeat(np.arange(len(groups)), [g.size for g in groups])
+    table = _replicate_table(scores)
+    observed = ~np.isnan(table)
+    endog, labels = table[observed], np.nonzero(observed)[0]
     model = MixedLM(endog, np.ones((endog.size, 1)), groups=labels)
     with warnings.catch_warnings():
         # Boundary fits (s2_a = 0) warn; the profile below handles the boundary itself.
@@ -184,8 +183,8 @@ def icc1_mixedlm(scores, level: float = 0.95, max_snr: float = 1e6) -> ICCResult
 
     return ICCResult(
         icc=icc_of(lam_hat), snr=lam_hat, ci_low=icc_of(lo), ci_high=icc_of(hi),
-        snr_ci_low=float(lo), snr_ci_high=float(hi), n=len(groups),
-        k=endog.size / len(groups), n_obs=int(endog.size), f_stat=math.nan,
+        snr_ci_low=float(lo), snr_ci_high=float(hi), n=table.shape[0],
+        k=endog.size / table.shape[0], n_obs=int(endog.size), f_stat=math.nan,
         p_value=math.nan, var_between=lam_hat * float(fit.scale),
         var_within=float(fit.scale), level=level, method="reml",
     )
