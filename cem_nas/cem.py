@@ -364,6 +364,8 @@ def run_search(cfg: RunConfig, resume_dir: str | Path | None = None) -> Path:
     store = RunStore(root)
     # a run killed before its first cycle committed has no state: it starts at cycle 0
     state = store.load_state() if resume_dir is not None and store.has_state() else None
+    if state is not None and state["cycles_done"] >= cfg.search.cycles:
+        return root  # nothing left to run
     if resume_dir is None:
         store.create(to_toml(cfg, header=f"resolved config of run {cfg.run.name}"), overwrite=cfg.run.overwrite)
     else:

@@ -44,6 +44,8 @@ def resolve(args: argparse.Namespace) -> tuple[C.RunConfig, Path | None]:
     if saved is None:
         raise StoreError(f"{args.resume} is not a run directory (no config.toml); start a fresh run instead")
     wanted = C.apply_overrides(C.load_toml(args.config) if args.config else C.load_toml(saved_path), overrides)
+    # the directory names the run: its saved name and location stand
+    wanted.run.name, wanted.run.runs_dir = saved.run.name, saved.run.runs_dir
     blocking = {k: v for k, v in C.differences(saved, wanted).items() if k not in C.RESUMABLE_CHANGES}
     if blocking:
         listing = "\n".join(f"  {k}: run has {a!r}, now {b!r}" for k, (a, b) in blocking.items())
