@@ -41,7 +41,8 @@ def _fmt(x, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _claim_section(claim: cl.Claim, figure: str | None = None) -> list[str]:
+def claim_section(claim: cl.Claim, figure: str | None = None) -> list[str]:
+    """A claim as markdown: heading, optional figure, details, verdict line."""
     lines = [f"### {claim.title}", ""]
     if figure:
         lines += [f"![{claim.key}]({figure})", ""]
@@ -110,7 +111,8 @@ def _status_table(runs: xr.Dataset) -> list[str]:
     return lines + [""]
 
 
-def _generation_section(runs: xr.Dataset, claim: cl.Claim) -> list[str]:
+def generation_markdown(runs: xr.Dataset) -> list[str]:
+    """The delta-vs-full table (one column per generation mode) as markdown lines."""
     table = cl.generation_table(runs)
     modes = list(table)
     rows = [
@@ -130,7 +132,8 @@ def _generation_section(runs: xr.Dataset, claim: cl.Claim) -> list[str]:
     statuses = sorted({s for m in modes for s in table[m]["statuses"]})
     for s in statuses:
         lines.append(f"| status {s} | " + " | ".join(str(table[m]["statuses"].get(s, 0)) for m in modes) + " |")
-    return ["## Delta vs full generation", "", *lines, "", *_claim_section(claim)]
+    return lines + [""]
+
 
 
 def _ablation_section(grid: xr.Dataset, out: Path) -> list[str]:
@@ -181,21 +184,22 @@ def write_report(sources, out: str | Path | None = None) -> Path:
               "## Elite threshold and best so far", "",
               "gamma_t is the lowest elite score of cycle t. Monotonicity is tested, not assumed: "
               "a fall counts when it exceeds twice the bootstrap standard error of the two quantiles.", "",
-              *_claim_section(claims["monotone_threshold"], "threshold.png"),
+              *claim_section(claims["monotone_threshold"], "threshold.png"),
               "## Elite probability p_t(E)", "",
               "The pure geometric law 1 - p_{t+1} = (1 - alpha)(1 - p_t) needs q_t(E) = 1; kappa is fitted "
               "from log(1 - p_t) on t over cycles with 0 < p_t < 1.", "",
-              *_claim_section(claims["geometric"], "elite_probability.png"),
+              *claim_section(claims["geometric"], "elite_probability.png"),
               "## q_t(E) and the smoothing identity", "",
               "1 - p_{t+1} = alpha (1 - q_t) + (1 - alpha)(1 - p_t) holds for any fixed E under mixture smoothing.", "",
-              *_claim_section(claims["identity"], "smoothing.png"),
-              *_claim_section(claims["optimality"]),
+              *claim_section(claims["identity"], "smoothing.png"),
+              *claim_section(claims["optimality"]),
               "## Validity by status", "", "![status](status.png)", "", *_status_table(runs),
               "## Proxy reliability (pooled over all evaluated architectures)", "",
               "![reliability](reliability.png)", "", *_reliability_table(pooled),
-              *_claim_section(claims["arcsin"])]
+              *claim_section(claims["arcsin"])]
     if "delta_vs_full" in claims:
-        lines += _generation_section(runs, claims["delta_vs_full"])
+        lines += ["## Delta vs full generation", "", *generation_markdown(runs),
+                  *claim_section(claims["delta_vs_full"])]
     if {"elite_fraction", "novelty_threshold"} <= set(ds.dims):
         lines += _ablation_section(ds, out)
     path = out / "report.md"

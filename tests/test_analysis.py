@@ -45,7 +45,7 @@ def sampled_cem_run(root, *, alpha=0.3, cycles=8, n=400, n_arch=40, elite_fracti
     store = RunStore(root)
     config = f'[run]\nname = "{name or root.name}"\nmode = "{mode}"\nseed = {seed}\n' \
              f'[cem]\nelite_fraction = {elite_fraction}\nnovelty_threshold = 0.9\n'
-    store.create(config)
+    store.create(config, overwrite=True)
     hook = Instrumentation(gamma_ref=gamma_ref if noise == 0 else math.nan, mode=mode)
     n_elite = max(1, int(round(elite_fraction * n)))
     for t in range(cycles):
