@@ -113,6 +113,9 @@ def test_moran_expectation_at_small_n_by_simulation():
     se = r_s.std(ddof=1) / np.sqrt(reps)
     assert abs(r_s.mean() - p.moran_expected_spearman(rho, n)) < K * se
     assert abs(r_s.mean() - p.spearman_from_pearson(rho)) > 2 * K * se  # asymptote is wrong here
+    # Kendall's sample tau is a U-statistic: unbiased for (2/pi) asin(rho) at every n.
+    tau = kendall_rows(x, y)
+    assert abs(tau.mean() - p.kendall_from_pearson(rho)) < K * tau.std(ddof=1) / np.sqrt(reps)
 
 
 @pytest.mark.parametrize("which", ["pearson", "spearman", "kendall"])
