@@ -12,9 +12,10 @@ is refused.
     matches the source exactly at the header's line number.
 ``recount``
     counts and positions are recomputed from the hunk body (a lenient parser that also
-    takes ``@@ @@`` without numbers, missing ``---/+++`` headers and blank context lines
-    that lost their leading space); the old side must match exactly, at the header's
-    line or at one single place in the file.
+    takes ``@@ @@`` without numbers, missing ``---/+++`` headers, and context lines that
+    lost their leading space: blank ones, and unprefixed ones directly followed by a
+    ``+``/``-`` line); the old side must match exactly, at the header's line or at one
+    single place in the file.
 ``content``
     the old side is located by content alone, tolerating trailing whitespace, CRLF,
     a missing final newline and a uniform indentation offset (the added lines are then
@@ -195,6 +196,9 @@ def make_delta(before: str, after: str, context: int = 3) -> str:
 
 _HUNK_RE = re.compile(r"^@@+\s*(?:-(\d+)(?:,(\d+))?)?\s*(?:\+(\d+)(?:,(\d+))?)?\s*@@+")
 _FENCE_RE = re.compile(r"^\s{0,3}(```|~~~)\s*([\w+-]*)")
+# A code-like +/- line (not a markdown bullet "- word"): after a hunk was cut short by a
+# line of text, such a line means the text was a hunk line that lost its prefix.
+_ORPHAN_RE = re.compile(r"^[+-](?:[^\s+-]| {2,}\S)")
 _GIT_META_RE = re.compile(r"^(?:diff --git |index [0-9a-f]+\.\.[0-9a-f]+|(?:new|deleted) file mode )")
 
 
@@ -273,7 +277,10 @@ def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], _Hunk | None]:
     consumed: list[str] = []
     current: _Hunk | None = None
     after_file_header = False
+    ended_by_text: int | None = None  # the line of text that cut the last hunk short
     for i, line in enumerate(raw):
+        if line.startswith(("@@", "--- ")):
+            ended_by_text = None
         if line.startswith("@@"):
             if current is not None:
                 _close_hunk(current, hunks, consumed)
@@ -304,6 +311,13 @@ def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], _Hunk | None]:
             current = _Hunk(len(hunks), "", None, None, None, None, [], [])
             hunks.append(current)
         if current is None:
+            if ended_by_text is not None and _ORPHAN_RE.match(line):
+                raise DeltaError(
+                    "parse_error",
+                    f"line {i + 1} {line.strip()[:60]!r} looks like a diff line outside any hunk: the hunk before it "
+                    f"was cut by line {ended_by_text + 1} {raw[ended_by_text].strip()[:60]!r}, which lacks the "
+                    "leading ' ', '+' or '-' of a hunk line",
+                )
             if _GIT_META_RE.match(line):
                 consumed.append(line)
             continue  # chatter between or around hunks
@@ -316,9 +330,15 @@ def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], _Hunk | None]:
         elif line[0] == "\\" and current.body:
             tag, text, _ = current.body[-1]
             current.body[-1] = (tag, text, False)
+        elif current.bare[-1:] != [True] and i + 1 < len(raw) and raw[i + 1][:1] in (" ", "+", "-") \
+                and not raw[i + 1].startswith(("--- ", "+++ ")):
+            # a context line that lost its leading space (a top-level line before more body lines)
+            current.body.append((" ", line, True))
+            current.bare.append(False)
         else:
             _close_hunk(current, hunks, consumed)
             current = None
+            ended_by_text = i
             continue
         consumed.append(line)
     if current is not None:
