@@ -449,8 +449,8 @@ def _dataset_id(dataset) -> str:
 class EvaluationPool:
     """Warm sandbox workers evaluating candidates on one dataset, with a result cache.
 
-    >>> # with EvaluationPool(dataset, EvalSettings()) as pool:
-    >>> #     results = pool.submit(code, seeds=(0, 1)).result()
+    Usage: ``with EvaluationPool(dataset, EvalSettings()) as pool:
+    results = pool.submit(code, seeds=(0, 1)).result()``.
 
     ``dataset`` needs x_train, y_train, x_test, y_test (tensors), in_shape (C, H, W) and
     num_classes (a :class:`cem_nas.data.Dataset`). ``workers`` defaults to
