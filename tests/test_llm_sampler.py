@@ -212,3 +212,48 @@ def test_bad_settings_are_refused(tokenizer):
     with pytest.raises(ValueError, match="target modules"):
         LLMSampler(TASK, tiny_model(tokenizer), lora=LoRASettings(target_modules=["nope"]),
                    warm_start=WarmStartSettings(enabled=False))
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_warm_start_update_and_proposals():
+    """The embedded model after the (cached) warm start writes deltas that apply.
+
+    Uses the settings of ``python -m benchmarks.bench_llm --warm-steps 12`` so both share
+    the cached adapter; minutes on a busy 2-core CPU when the cache is cold.
+    """
+    from cem_nas import zoo
+    from cem_nas.delta import DeltaError, apply_delta
+
+    sampler = LLMSampler(
+        TASK, "smollm2", device="cpu",
+        warm_start=WarmStartSettings(corpus_size=48, steps=12, batch_size=4),
+        generation=GenerationSettings(batch_size=8, temperature=0.7),
+    )
+    warm = sampler.warm_start()
+    assert warm.elite_nll_after < warm.elite_nll_before
+    baselines = [Baseline(n, zoo.source(n)) for n in zoo.names()]
+    proposals = sampler.propose(baselines, 8, np.random.default_rng(0))
+    by_name = {b.name: b.code for b in baselines}
+    applied = []
+    for p in proposals:
+        try:
+            applied.append((p, apply_delta(by_name[p.baseline], p.delta).code) if p.delta else None)
+        except DeltaError:
+            applied.append(None)
+    good = [a for a in applied if a is not None]
+    assert good, [p.response[:200] for p in proposals]
+    elites = [Elite(p.baseline, p.prompt, p.delta, 1.0, 0) for p, _ in good[:2]]
+    stats = sampler.update(elites)
+    assert stats.steps == sampler.lora.steps and stats.elite_nll_after < stats.elite_nll_before
+
+
+def test_elite_completion_is_the_extracted_answer(tokenizer):
+    from cem_nas.delta import extract_delta
+    from cem_nas.sampler.prompts import format_completion
+
+    sampler = make_sampler(tokenizer)
+    raw = "Sure, here it is:\n```diff\n" + DELTA_A + "```\nHope this helps."
+    assert sampler.completion_for(raw) == format_completion("delta", extract_delta(raw))
+    assert "Hope" not in sampler.completion_for(raw) and sampler.completion_for(raw).startswith("```diff\n")
+    with pytest.raises(ValueError, match="no delta answer"):
+        sampler.completion_for("I would add a layer.")

@@ -158,9 +158,19 @@ class LLMSampler:
         return render_prompt(self.tokenizer, self.task, code, self.mode)
 
     def completion_for(self, text: str) -> str:
-        """The fenced completion trained on, from a bare delta/file or a raw response."""
-        text = cut_after_block(text.strip("\n"))
-        return text if text.startswith("```") and closes_block(text) else format_completion(self.mode, text)
+        """The fenced completion trained on, from a bare delta/file or a raw response.
+
+        The delta (or file) is extracted first, so chatter around it is not learnt. The
+        loop should pass the canonical delta of an elite (``make_delta(before, after)``):
+        a response's own ``@@`` numbers may be wrong even when it applied.
+        """
+        from cem_nas.delta import DeltaError, extract_code, extract_delta
+
+        try:
+            body = extract_delta(text) if self.mode == "delta" else extract_code(text)
+        except DeltaError as err:
+            raise ValueError(f"an elite's completion holds no {self.mode} answer ({err}); pass the delta or code") from err
+        return format_completion(self.mode, body)
 
     def corpus_examples(self) -> list[tuple[str, str]]:
         """(prompt, completion) pairs of the warm-start corpus for this mode."""
