@@ -398,3 +398,40 @@ def test_any_input_ends_in_applied_or_delta_error(source, delta, partial):
     assert got in D.TIERS or got in D.ERROR_KINDS
     if got in D.TIERS:
         assert isinstance(r.code, str) and r.tier == got
+
+
+SAMPLE_LINES = SAMPLE.split("\n")[:-1]
+
+
+@st.composite
+def diff_from_source_lines(draw):
+    """A diff-shaped text built from SAMPLE's own lines: headers right, wrong or absent."""
+    out = []
+    for _ in range(draw(st.integers(1, 3))):
+        start = draw(st.integers(0, len(SAMPLE_LINES) - 1))
+        n = draw(st.integers(1, 6))
+        header = draw(st.sampled_from(["@@ @@", f"@@ -{start + 1},{n} +{start + 1},{n} @@", f"@@ -{start + 3} +{start} @@"]))
+        out.append(header)
+        for line in SAMPLE_LINES[start : start + n]:
+            tag = draw(st.sampled_from(" " * 4 + "-+"))
+            out.append(tag + (line if draw(st.integers(0, 9)) else line.upper()))
+            if draw(st.integers(0, 6)) == 0:
+                out.append("+" + draw(st.sampled_from(POOL)))
+    return "\n".join(out) + draw(st.sampled_from(["\n", ""]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(diff_from_source_lines(), st.booleans())
+def test_applied_hunks_sit_where_their_old_lines_are(delta, partial):
+    """Whatever applies, each applied hunk's old side is in the source at the reported line."""
+    got, r = outcome(SAMPLE, delta, partial=partial)
+    assert got in D.TIERS or got in D.ERROR_KINDS
+    if got not in D.TIERS:
+        return
+    old_sides = {h.index: [t.strip() for t, _ in h.old] for h in D._parse(delta).hunks}
+    for h in r.hunks:
+        if h.applied:
+            old = old_sides[h.index]
+            assert [t.strip() for t in SAMPLE_LINES[h.start - 1 : h.start - 1 + len(old)]] == old
+        else:
+            assert got == "partial" and h.message
