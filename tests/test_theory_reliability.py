@@ -38,7 +38,8 @@ def test_icc_recovers_the_simulated_snr(snr):
 
 
 def test_icc_interval_coverage_is_near_nominal():
-    reps, n, k, snr, level = 1000, 25, 3, 1.0, 0.9
+    # Few architectures, many replicates: the two F quantiles differ (swapped df cover ~0.80).
+    reps, n, k, snr, level = 1000, 8, 10, 1.0, 0.9
     rng = np.random.default_rng(42)
     truth = snr / (1 + snr)
     hits = 0
