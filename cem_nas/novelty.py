@@ -25,6 +25,7 @@ the LSH candidates are then compared by their MinHash Jaccard estimates, which d
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import keyword
 import tokenize
@@ -150,6 +151,12 @@ def exact_jaccard(a: set, b: set) -> float:
     return len(a & b) / union if union else 1.0
 
 
+@functools.lru_cache(maxsize=256)
+def _code_signature(code: str, shingle: int, num_perm: int, seed: int) -> MinHash:
+    # cached so that check() then add() of the same candidate tokenizes it once
+    return minhash(shingles(code, shingle), num_perm, seed)
+
+
 def minhash(items: set[bytes], num_perm: int = 128, seed: int = 1) -> MinHash:
     """datasketch MinHash signature of a set; its Jaccard estimate has variance J(1-J)/num_perm."""
     m = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME)
@@ -191,10 +198,10 @@ class NoveltyArchive:
         self._sigs: dict[str, MinHash] = {}
 
     def signature(self, code: str) -> MinHash:
-        """MinHash of the code's normalised shingles."""
+        """MinHash of the code's normalised shingles (cached and shared: do not update it)."""
         if not isinstance(code, str):
             raise TypeError(f"code must be str, got {type(code).__name__}")
-        return minhash(shingles(code, self.shingle), self.num_perm, self.seed)
+        return _code_signature(code, self.shingle, self.num_perm, self.seed)
 
     def check(self, code: str) -> tuple[bool, float, str | None]:
         """(novel, max_jaccard, nearest_key) of ``code`` against the whole archive."""
