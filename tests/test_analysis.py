@@ -146,7 +146,7 @@ def test_sampling_noise_in_the_quantile_is_not_called_a_fall(noisy_run):
 
 
 def test_page_test_across_replicate_runs(tmp_path):
-    dirs = [sampled_cem_run(tmp_path / f"r{s}", seed=10 + s, cycles=5, n=100, n_arch=200) for s in range(3)]
+    dirs = [sampled_cem_run(tmp_path / f"r{s}", seed=10 + s, cycles=4, n=60, n_arch=200) for s in range(3)]
     claim = cl.monotone_threshold(as_runs(load(dirs)))
     assert "page_p" in claim.numbers and claim.numbers["page_p"] < 0.05
     assert claim.verdict == cl.SUPPORTED
@@ -250,22 +250,26 @@ def test_report_writes_plots_and_a_verdict_per_claim(noisy_run, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
 
 
-def test_ablation_grid_report_has_heatmaps(tmp_path):
-    cells = {}
-    for ef in (0.1, 0.3):
-        for nt in (0.8, 0.95):
-            cells[(ef, nt, 0)] = sampled_cem_run(tmp_path / f"c{ef}_{nt}", elite_fraction=ef, cycles=3, n=100,
-                                                  seed=int(ef * 100 + nt * 100))
+def test_ablation_grid_report_has_heatmaps(geometric_run, tmp_path):
+    # four cells made from one run: each cell's best is shifted by a known amount
+    run = load(geometric_run)
+    shift = {(0.1, 0.8): 0.0, (0.1, 0.95): -0.1, (0.3, 0.8): -0.2, (0.3, 0.95): -0.3}
+    cells = {(ef, nt, 0): run.assign(best_so_far=run["best_so_far"] + d) for (ef, nt), d in shift.items()}
+    cells[(0.3, 0.95, 1)] = cells.pop((0.3, 0.95, 0))  # one cell ran with seed 1 only
     grid = load_grid(cells)
-    assert dict(grid.sizes)["elite_fraction"] == 2 and dict(grid.sizes)["novelty_threshold"] == 2
+    assert dict(grid.sizes)["elite_fraction"] == 2 and dict(grid.sizes)["seed"] == 2
     path = tmp_path / "grid.nc"
     grid.to_netcdf(path)
     summary = cl.ablation_summary(grid)
-    best = summary["final_best"].values
-    assert np.all(np.isfinite(best))
+    final = float(run["best_so_far"][-1])
+    for (ef, nt), d in shift.items():
+        cell = summary.sel(elite_fraction=ef, novelty_threshold=nt)
+        assert float(cell["final_best"]) == pytest.approx(final + d)
+        assert int(cell["n_seeds"]) == 1  # the missing seed is padding, not a run
     report = write_report([path], tmp_path / "out")
     text = report.read_text()
-    assert "## Ablation" in text and (tmp_path / "out" / "ablation.png").stat().st_size > 5000
+    assert "## Ablation" in text and "Runs: 4;" in text
+    assert (tmp_path / "out" / "ablation.png").stat().st_size > 5000
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
