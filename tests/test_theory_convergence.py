@@ -58,7 +58,7 @@ def test_geometric_rate_exact_series_and_wrong_alpha():
 def test_geometric_rate_interval_coverage_with_noisy_log_residuals():
     reps, level, kappa = 800, 0.9, 0.8
     rng = np.random.default_rng(17)
-    t = np.arange(12)
+    t = np.arange(5)  # few cycles: the t quantile (not the normal one) is what covers
     hits = 0
     for _ in range(reps):
         log_gap = np.log(0.3) + t * np.log(kappa) + 0.2 * rng.standard_normal(t.size)

@@ -139,3 +139,17 @@ def test_nested_models_markov_never_fits_worse(seed):
     markov = val.fit_token_error(lengths, valid, model="markov")
     assert markov.loglik >= indep.loglik - 1e-7
     assert min(markov.hazards) >= 0 and 0 <= indep.eps < 1
+
+
+def test_predicted_ratio_interval_coverage():
+    rng = np.random.default_rng(7)
+    eps, reps, n, level = 0.004, 300, 500, 0.8
+    len_delta, len_full = rng.integers(20, 80, n), rng.integers(150, 400, n)
+    lengths = np.concatenate([len_delta, len_full])
+    truth = np.mean((1 - eps) ** len_delta) / np.mean((1 - eps) ** len_full)
+    hits = 0
+    for _ in range(reps):
+        fit = val.fit_token_error(lengths, rng.random(2 * n) < (1 - eps) ** lengths)
+        _, lo, hi = val.predicted_valid_ratio(fit, len_delta, len_full, level)
+        hits += lo <= truth <= hi
+    assert abs(hits / reps - level) < K * math.sqrt(level * (1 - level) / reps)
