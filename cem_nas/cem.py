@@ -108,7 +108,7 @@ class CEM:
         seconds: dict[str, float] = {}
         baselines = self.baselines()
         with timed(seconds, "sample"):
-            proposals = self.sampler.propose(baselines, self.cfg.search.candidates, self.rng)
+            proposals = self.sample(baselines, self.cfg.search.candidates)
         by_name = {b.name: b for b in baselines}
         with timed(seconds, "apply"):
             cands = [self.prepare(t, i, p, by_name) for i, p in enumerate(proposals)]
@@ -129,6 +129,22 @@ class CEM:
         if self.cfg.search.baseline_mode == "refine" and self.state.best:
             return [Baseline(r.name, r.code) for r in self.state.best[:self.cfg.search.refine_top]]
         return list(self.zoo)
+
+    def sample(self, baselines: list[Baseline], n: int) -> list[Proposal]:
+        """``n`` proposals, drawn in chunks of the generation batch size for a progress bar.
+
+        Each chunk gets the baseline list rotated by its offset, so a sampler that takes
+        baselines in turn assigns them exactly as one call for all ``n`` would.
+        """
+        chunk = self.cfg.sampler.generation.batch_size
+        proposals: list[Proposal] = []
+        with self.progress(total=n, desc="generate") as bar:
+            while len(proposals) < n:
+                shift = len(proposals) % len(baselines)
+                batch = self.sampler.propose(baselines[shift:] + baselines[:shift], min(chunk, n - len(proposals)), self.rng)
+                proposals.extend(batch)
+                bar.update(len(batch))
+        return proposals
 
     def prepare(self, t: int, i: int, p: Proposal, by_name: dict[str, Baseline]) -> Candidate:
         """A proposal as a candidate: delta applied (delta mode), syntax checked."""

@@ -468,21 +468,27 @@ def _flag_names(cls: type = RunConfig) -> dict[str, str]:
 
 
 def add_arguments(parser: Any, cls: type = RunConfig) -> None:
-    """Add one option per config field to an argparse parser; help is the field docstring."""
+    """Add one option per config field to an argparse parser, grouped by section; the
+    help text is the field's docstring."""
     import argparse
 
     by_path: dict[str, list[str]] = {}
     for name, path in _flag_names(cls).items():
         by_path.setdefault(path, []).append(name)
+    section_docs = field_docs(cls)
+    groups: dict[str, Any] = {}
     for path, (tp, default, doc) in leaves(cls).items():
+        section = path.split(".")[0]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"[{section}]", section_docs.get(section))
         flags = []
-        for name in sorted(by_path[path], key=len):
-            flags.append("--" + name)
+        for name in sorted(by_path[path], key=lambda n: (n.count("."), len(n))):
+            flags.append("--" + name.replace("_", "-"))
             if "_" in name:
-                flags.append("--" + name.replace("_", "-"))
+                flags.append("--" + name)
         shown = default if not isinstance(default, str) else repr(default)
-        parser.add_argument(*flags, dest="cfg:" + path, default=argparse.SUPPRESS, metavar="V",
-                            help=f"{doc} (default {shown})".replace("%", "%%"))
+        groups[section].add_argument(*flags, dest="cfg:" + path, default=argparse.SUPPRESS, metavar="V",
+                                     help=f"{doc} (default {shown})".replace("%", "%%"))
 
 
 def overrides_from_args(namespace: Any) -> dict[str, str]:

@@ -24,7 +24,8 @@ torch.set_num_threads(1)
 def small_config(tmp_path, **overrides) -> RunConfig:
     base = {"run.runs_dir": str(tmp_path), "run.progress": "false", "data.max_train": "300", "data.max_test": "100",
             "search.cycles": "2", "search.candidates": "6", "search.baselines": "mlp", "search.elite_fraction": "0.34",
-            "search.replicate_candidates": "4", "search.replicate_seeds": "2", "executor.workers": "2"}
+            "search.replicate_candidates": "4", "search.replicate_seeds": "2", "executor.workers": "2",
+            "sampler.generation.batch_size": "16"}  # one propose call per cycle (the scripted sampler needs it)
     return apply_overrides(RunConfig(), {**base, **overrides})
 
 

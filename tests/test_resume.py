@@ -23,7 +23,7 @@ from experiments import cem_run
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--config", str(ROOT / "experiments/configs/grammar.toml"), "--cycles", "3", "--candidates", "5",
         "--baselines", "mlp", "--max-train", "300", "--max-test", "100", "--replicate-candidates", "3",
-        "--progress", "false", "--workers", "2"]
+        "--progress", "false", "--workers", "1"]
 
 
 def cli(*args, **kw) -> subprocess.Popen:
