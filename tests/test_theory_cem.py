@@ -9,6 +9,7 @@ import theory.cem as cem
 from theory.convergence import geometric_rate
 
 K = 4.0  # standard errors allowed
+NO_DEADLINE = settings(deadline=None)  # timing on a shared 2-core box is not a property
 QUALITY = np.linspace(0.0, 1.0, 20)
 
 
@@ -19,7 +20,7 @@ def residual(ds, alpha):
 
 # --- the update and the identity -----------------------------------------------------------
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(st.integers(2, 12), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
 def test_identity_holds_for_every_set(k, alpha, seed):
     rng = np.random.default_rng(seed)
@@ -79,6 +80,7 @@ def test_population_elites_match_a_large_sample():
     assert abs(np.quantile(scores, 1 - rho) - gamma) < 0.01
 
 
+@NO_DEADLINE
 @given(st.integers(0, 2**32 - 1), st.floats(0.01, 0.99), st.sampled_from([0.0, 0.1, 1.0]))
 def test_population_elites_tilt_toward_quality(seed, rho, sd):
     rng = np.random.default_rng(seed)
