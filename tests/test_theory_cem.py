@@ -196,3 +196,15 @@ def test_pbil_rejects_bad_coordinates():
     with pytest.raises(ValueError, match="zeros past"):
         cem.simulate_pbil([[0.0, 1.0]], 0.2, 0.2, 3, 10, neutral_choices=3,
                           probs0=[[0.4, 0.3, 0.3], [0.2, 0.3, 0.5]])
+
+
+def test_simulations_round_trip_through_netcdf(tmp_path):
+    import xarray as xr
+
+    for ds in (cem.simulate_categorical_exact(QUALITY, 0.2, 0.1, 5, snr=2.0),
+               cem.simulate_pbil([[0.0, 1.0]] * 3, 0.2, 0.2, 5, 20, seed=1)):
+        path = tmp_path / f"{ds.attrs['kind']}.nc"
+        ds.to_netcdf(path)
+        back = xr.load_dataset(path)
+        xr.testing.assert_identical(back, ds)
+        assert back.p_E.attrs["description"].startswith("p_t(E)")
