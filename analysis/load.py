@@ -118,24 +118,20 @@ def as_runs(ds: xr.Dataset) -> xr.Dataset:
 def run_metadata(ds: xr.Dataset) -> dict:
     """mode, sampler, elite_fraction and novelty_threshold of one run, from its attrs."""
     config = _parse_config(ds.attrs.get("config", ""))
-    return {
-        "mode": ds.attrs.get("mode") or _find_key(config, "mode"),
-        "sampler": ds.attrs.get("sampler") or _find_key(config, "sampler"),
-        "elite_fraction": _find_key(config, "elite_fraction"),
-        "novelty_threshold": _find_key(config, "novelty_threshold"),
-    }
+    out = {}
+    for key in ("mode", "sampler", "elite_fraction", "novelty_threshold"):
+        value = ds.attrs.get(key)
+        out[key] = value if value not in (None, "") else _find_key(config, key)
+    if out["sampler"] is None:  # the resolved config names it [sampler] kind
+        out["sampler"] = _find_key(config.get("sampler", {}), "kind")
+    return out
 
 
 def _load_one(path: Path) -> xr.Dataset:
     if path.is_file() and path.suffix == ".nc":
         with xr.open_dataset(path) as ds:
             return ds.load()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run directory or .nc file")
-    if not (path / "cycles").is_dir():
-        raise FileNotFoundError(f"{path} is not a run directory (it has no cycles/ folder); "
-                                "pass the directory that python -m experiments.cem_run wrote")
-    from cem_nas import store  # the loop owns the on-disk format
+    from cem_nas import store  # the loop owns the on-disk format (and says what is wrong with a directory)
     return store.load(path)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import xarray as xr
 from analysis import claims as cl
 from analysis import plots
 from analysis.load import as_runs, load
+from cem_nas.store import StoreError
 
 
 def _default_out(sources: list[Path]) -> Path:
@@ -213,7 +215,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="output directory (default: RUN_DIR/report for one run, "
                                       "the runs' common parent/report for several)")
     args = parser.parse_args(argv)
-    path = write_report(args.sources, args.out)
+    try:
+        path = write_report(args.sources, args.out)
+    except (StoreError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(path.read_text().split("## Elite threshold")[0].rstrip())
     print(f"\nreport written to {path}")
     return 0

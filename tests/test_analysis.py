@@ -272,9 +272,9 @@ def test_ablation_grid_report_has_heatmaps(geometric_run, tmp_path):
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 5000
 
 
-def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
-    with pytest.raises(Exception, match="not a run directory"):
-        write_report([tmp_path])
+def test_report_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------- exact CE (theory.cem)
