@@ -240,6 +240,11 @@ class CEM:
     def run(self, cycles: int | None = None) -> None:
         """Run cycles until ``cycles`` (default: the config's) are done."""
         total = self.cfg.search.cycles if cycles is None else cycles
+        if getattr(self.sampler, "warm_started", True) is False and self.cfg.sampler.warm_start.enabled:
+            # the LLM's supervised warm start (cached on disk) would otherwise run silently inside propose
+            with self.progress(total=1, desc="warm start (LoRA on the diff corpus)") as bar:
+                self.sampler.warm_start()
+                bar.update()
         while self.state.cycles_done < total:
             self.step()
 
