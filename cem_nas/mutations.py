@@ -23,6 +23,7 @@ it cannot change the network, and its drift under the CE update measures genetic
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class _Source:
             self.tree = ast.parse(text)
         except SyntaxError as err:
             raise MutationError(f"baseline source is not valid Python ({err}); fix it before mutating") from err
+        self._nn_calls: dict[str, list[ast.Call]] | None = None
         self.line_starts = [0]
         for line in self.data.splitlines(keepends=True):
             self.line_starts.append(self.line_starts[-1] + len(line))
@@ -81,8 +83,14 @@ class _Source:
         return self.data[self.start(node):self.end(node)].decode("utf-8")
 
     def calls(self, name: str) -> list[ast.Call]:
-        """Calls of ``nn.<name>`` (or ``torch.nn.<name>``), in source order."""
-        return [n for n in ast.walk(self.tree) if _is_nn_call(n, name)]
+        """Calls of ``nn.<name>`` (or ``torch.nn.<name>``)."""
+        if self._nn_calls is None:  # one walk serves every lookup of this source
+            self._nn_calls = {}
+            for node in ast.walk(self.tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and _is_nn_call(
+                        node, node.func.attr):
+                    self._nn_calls.setdefault(node.func.attr, []).append(node)
+        return self._nn_calls.get(name, [])
 
     def local_classes(self) -> set[str]:
         return {n.name for n in self.tree.body if isinstance(n, ast.ClassDef) and n.name != "Net"}
@@ -316,6 +324,9 @@ class Coordinate:
     choices: tuple[str, ...]
     edit: Callable[[_Source, str], list[tuple[int, int, str]]]
     neutral: bool = False
+    #: The edits only change hyperparameter literals, train_setup or comments, so they can
+    #: neither break ``Net(...)`` nor change output shapes (callers may skip a rebuild).
+    build_safe: bool = False
 
 
 #: The grammar, in render order.
@@ -326,13 +337,23 @@ GRAMMAR: tuple[Coordinate, ...] = (
     Coordinate("kernel", ("keep", "3", "5"), _edit_kernel),
     Coordinate("activation", ("keep", "ReLU", "GELU", "SiLU", "LeakyReLU", "Tanh"), _edit_activation),
     Coordinate("pooling", ("keep", "max_to_avg", "avg_to_max"), _edit_pooling),
-    Coordinate("dropout", ("keep", "0.0", "0.1", "0.3", "0.5"), _edit_dropout),
-    Coordinate("optimizer", ("keep", "SGD", "Adam", "AdamW"), _edit_optimizer),
-    Coordinate("lr", ("keep", "x0.1", "x0.3", "x3"), _edit_lr),
-    Coordinate("tag", ("keep", "a", "b", "c"), _edit_tag, neutral=True),
+    Coordinate("dropout", ("keep", "0.0", "0.1", "0.3", "0.5"), _edit_dropout, build_safe=True),
+    Coordinate("optimizer", ("keep", "SGD", "Adam", "AdamW"), _edit_optimizer, build_safe=True),
+    Coordinate("lr", ("keep", "x0.1", "x0.3", "x3"), _edit_lr, build_safe=True),
+    Coordinate("tag", ("keep", "a", "b", "c"), _edit_tag, neutral=True, build_safe=True),
 )
 #: Name of the neutral coordinate (its choices never change the network).
 NEUTRAL = next(c.name for c in GRAMMAR if c.neutral)
+
+
+def build_key(choices: Mapping[str, int | str] | Sequence[int]) -> tuple[int, ...]:
+    """The choice vector with build-safe coordinates reset to keep: renders with equal keys
+    (on one baseline) build alike and have the same output shapes.
+
+    >>> build_key({"width": "x2", "lr": "x3", "tag": "a"})
+    (0, 0, 2, 0, 0, 0, 0, 0, 0, 0)
+    """
+    return tuple(0 if c.build_safe else i for c, i in zip(GRAMMAR, choice_vector(choices)))
 
 
 def coordinate_names() -> list[str]:
@@ -399,16 +420,24 @@ def render_detail(source: str, choices: Mapping[str, int | str] | Sequence[int])
     """Apply the choices to ``source`` coordinate by coordinate (in :data:`GRAMMAR` order)."""
     vector = choice_vector(choices)
     code, noops = source, []
-    for coord, index in zip(GRAMMAR, vector):
+    for j, index in enumerate(vector):
         if index == 0:
             continue
-        src = _Source(code)
-        edits = coord.edit(src, coord.choices[index])
-        new = _splice(src, edits) if edits else code
+        new = _apply(code, j, index)
         if new == code:
-            noops.append(coord.name)
+            noops.append(GRAMMAR[j].name)
         code = new
     return Rendered(code, vector, tuple(noops))
+
+
+@functools.lru_cache(maxsize=4096)
+def _apply(code: str, coordinate: int, index: int) -> str:
+    """One coordinate's edit; memoised because samplers render the same baselines and
+    the same first edits over and over."""
+    coord = GRAMMAR[coordinate]
+    src = _Source(code)
+    edits = coord.edit(src, coord.choices[index])
+    return _splice(src, edits) if edits else code
 
 
 def render(source: str, choices: Mapping[str, int | str] | Sequence[int]) -> str:

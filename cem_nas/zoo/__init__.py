@@ -30,6 +30,7 @@ grammar's renders). Candidate code an LLM wrote goes through :mod:`cem_nas.sandb
 """
 from __future__ import annotations
 
+import functools
 import types
 from importlib import resources
 
@@ -65,6 +66,12 @@ def _code(code_or_name: str) -> str:
     return code_or_name
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(code: str) -> types.CodeType:
+    """Bytecode of a model file (a shape check builds the same file at several shapes)."""
+    return compile(code, "<net.py>", "exec")
+
+
 def build(code: str, in_shape: tuple[int, int, int], num_classes: int, prm: dict | None = None,
           device: torch.device | str = "cpu") -> nn.Module:
     """Exec ``code`` (a model file or a zoo name) in a fresh module and return its ``Net``.
@@ -72,9 +79,8 @@ def build(code: str, in_shape: tuple[int, int, int], num_classes: int, prm: dict
     Trusted code only: nothing here limits what the code does (see the module docstring).
     ``in_shape`` is (C, H, W); the net receives LEMUR's (1, C, H, W).
     """
-    code = _code(code)
     module = types.ModuleType("cem_nas_candidate")
-    exec(compile(code, "<net.py>", "exec"), module.__dict__)  # noqa: S102 (trusted code only)
+    exec(_compiled(_code(code)), module.__dict__)  # noqa: S102 (trusted code only)
     net_class = getattr(module, "Net", None)
     if net_class is None:
         raise ValueError("model source defines no `Net` class")

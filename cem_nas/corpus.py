@@ -1,0 +1,155 @@
+"""The curated warm-start corpus: (baseline, before, after, delta) pairs from the zoo.
+
+Each pair is a random mutation of a zoo baseline: 1 to 3 non-neutral coordinates of the
+grammar (:mod:`cem_nas.mutations`) set to a random non-keep choice. A pair is kept only if
+
+* the mutation changed the source (choices that are no-ops on that baseline do not count),
+* its ``after`` is not a copy of an earlier pair's,
+* ``after`` builds and gives (1, num_classes) outputs for (1, 28, 28) and (3, 32, 32)
+  inputs with 10 classes (trusted code: built in-process by :func:`cem_nas.zoo.build`;
+  checked once per :func:`cem_nas.mutations.build_key`, since build-safe coordinates
+  cannot change the outcome),
+* ``after`` is novel under a :class:`~cem_nas.novelty.NoveltyArchive` of the pairs kept so
+  far from the same baseline (MinHash Jaccard below ``threshold``): the structural
+  diversity filter.
+
+Candidates come from one seeded stream and are accepted in order, so the corpus is
+deterministic given the seed and ``build_corpus(n)`` is a prefix of ``build_corpus(m)``
+for n < m. Results are cached as JSON under ``$CEM_NAS_CACHE/corpus`` (default
+``~/.cache/cem_nas/corpus``), keyed by seed, n, threshold and a hash of the sources that
+decide the result (zoo, grammar, delta, novelty and this module).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from cem_nas import delta, mutations, novelty, zoo
+
+CACHE_ENV = "CEM_NAS_CACHE"
+#: (in_shape, num_classes) every kept ``after`` must build for.
+CHECK_SHAPES = (((1, 28, 28), 10), ((3, 32, 32), 10))
+#: Default novelty threshold. Two mutations of one baseline share most of its file, so
+#: their MinHash Jaccard is high; this keeps edits that differ by more than a literal.
+DEFAULT_THRESHOLD = 0.97
+
+
+class CorpusPair(NamedTuple):
+    """One training pair; ``choices`` is the grammar choice vector that made ``after``."""
+
+    baseline: str
+    before: str
+    after: str
+    delta: str
+    choices: tuple[int, ...]
+
+
+class CorpusError(RuntimeError):
+    """The corpus could not be built as asked."""
+
+
+def cache_root() -> Path:
+    """``$CEM_NAS_CACHE`` or ``~/.cache/cem_nas``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cem_nas"
+
+
+def sources_hash() -> str:
+    """SHA-256 over every source that decides the corpus (part of the cache key)."""
+    digest = hashlib.sha256()
+    for name in zoo.names():
+        digest.update(name.encode() + b"\0" + zoo.source(name).encode() + b"\0")
+    for module in (mutations, delta, novelty):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def builds_with_right_shapes(code: str) -> bool:
+    """Whether ``code`` builds and gives the right output shape for every CHECK_SHAPES entry."""
+    try:
+        for in_shape, classes in CHECK_SHAPES:
+            zoo.check_output(zoo.build(code, in_shape, classes), in_shape, classes)
+    except Exception:  # noqa: BLE001 - any failure to build or run means "not valid"
+        return False
+    return True
+
+
+def random_choices(rng: np.random.Generator, max_changes: int = 3) -> tuple[int, ...]:
+    """A choice vector with 1..max_changes non-neutral coordinates set to non-keep choices."""
+    movable = [j for j, c in enumerate(mutations.GRAMMAR) if not c.neutral]
+    vector = [0] * len(mutations.GRAMMAR)
+    for j in rng.choice(movable, size=int(rng.integers(1, max_changes + 1)), replace=False):
+        vector[j] = int(rng.integers(1, len(mutations.GRAMMAR[j].choices)))
+    return tuple(vector)
+
+
+def _generate(n: int, seed: int, threshold: float, max_attempts: int) -> list[CorpusPair]:
+    rng = np.random.default_rng(seed)
+    baselines = zoo.names()
+    sources = {name: zoo.source(name) for name in baselines}
+    # One archive per baseline: mutations of different baselines share little (their
+    # Jaccard is far below any useful threshold), and a single archive would compare every
+    # candidate with every kept pair of every family (the check is linear in LSH hits).
+    archives = {name: novelty.NoveltyArchive(threshold=threshold) for name in baselines}
+    seen_choices: set[tuple[str, tuple[int, ...]]] = set()
+    seen_code = set(sources.values())
+    valid: dict[tuple[str, tuple[int, ...]], bool] = {}  # building is the cost: once per build key
+    pairs: list[CorpusPair] = []
+    for _ in range(max_attempts):
+        if len(pairs) == n:
+            return pairs
+        name = baselines[int(rng.integers(len(baselines)))]
+        choices = random_choices(rng)
+        if (name, choices) in seen_choices:
+            continue
+        seen_choices.add((name, choices))
+        after = mutations.render(sources[name], choices)
+        if after in seen_code:
+            continue
+        seen_code.add(after)
+        if not archives[name].check(after)[0]:
+            continue
+        key = (name, mutations.build_key(choices))
+        if key not in valid:
+            valid[key] = builds_with_right_shapes(after)
+        if not valid[key]:
+            continue
+        archives[name].add(str(len(pairs)), after)
+        pairs.append(CorpusPair(name, sources[name], after, delta.make_delta(sources[name], after), choices))
+    if len(pairs) < n:
+        raise CorpusError(f"only {len(pairs)} of {n} pairs passed the filters in {max_attempts} attempts; "
+                          f"ask for fewer pairs or raise the novelty threshold ({threshold})")
+    return pairs
+
+
+def build_corpus(n: int = 3000, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
+                 cache: bool = True, max_attempts: int | None = None) -> list[CorpusPair]:
+    """``n`` (baseline, before, after, delta, choices) pairs; see the module docstring.
+
+    Raises :class:`CorpusError` when fewer than ``n`` pairs pass the filters within
+    ``max_attempts`` random mutations (default ``20 n + 200``).
+
+    >>> pairs = build_corpus(3, seed=0, cache=False)
+    >>> [p.after == mutations.render(p.before, p.choices) for p in pairs]
+    [True, True, True]
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n must be a positive integer; got {n!r}")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold is a Jaccard similarity in (0, 1]; got {threshold!r}")
+    path = cache_root() / "corpus" / f"seed{seed}-n{n}-t{threshold:g}-{sources_hash()[:16]}.json"
+    if cache and path.exists():
+        return [CorpusPair(*item[:4], tuple(item[4])) for item in json.loads(path.read_text())]
+    pairs = _generate(n, seed, threshold, 20 * n + 200 if max_attempts is None else max_attempts)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps([list(p) for p in pairs]))
+        os.replace(tmp, path)
+    return pairs
