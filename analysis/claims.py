@@ -198,15 +198,21 @@ def geometric_convergence(runs: xr.Dataset) -> Claim:
     n_elite = _series(runs, "n_elite")
     names = [str(v) for v in runs["run"].values]
     rows, fits = [], []
+    residual = _series(runs, "smoothing_residual")
     for r, name in enumerate(names):
-        a = float(np.nanmean(alpha[r])) if np.isfinite(alpha[r]).any() else math.nan
-        fit = fit_rate(runs["cycle"].values, p[r], a if np.isfinite(a) else None)
+        # The hook stores the sampler's alpha with a residual; without one (the LLM) the
+        # alpha column is the implied step, which fitting kappa against would be circular.
+        known = np.isfinite(residual[r]).any() and np.isfinite(alpha[r]).any()
+        a = float(np.nanmean(alpha[r])) if known else math.nan
+        fit = fit_rate(runs["cycle"].values, p[r], a if known else None)
         if fit is None:
             rows.append(f"{name}: fewer than {MIN_CYCLES} cycles with p_t(E) < 1")
             continue
         fits.append((name, fit, a))
+        implied = "" if known or not np.isfinite(alpha[r]).any() else \
+            f" (alpha unknown; median implied alpha {_fmt(float(np.nanmedian(alpha[r])))})"
         rows.append(f"{name}: kappa = {_fmt(fit.kappa)} [{_fmt(fit.ci_low)}, {_fmt(fit.ci_high)}] "
-                    f"over {fit.n_points} cycles; 1 - alpha = {_fmt(1 - a)}")
+                    f"over {fit.n_points} cycles; 1 - alpha = {_fmt(1 - a)}{implied}")
     # q_t(E) < 1 shows up as elites outside E; with a sampled store the evidence is a
     # count (n_elite * (1 - q)), with an exact simulation q itself.
     finite_q = q[np.isfinite(q)]

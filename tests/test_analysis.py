@@ -322,3 +322,15 @@ def test_pbil_neutral_drift_refutes_convergence_as_optimality(tmp_path):
     view.to_netcdf(path)
     text = write_report([path], tmp_path / "out").read_text()
     assert text.count("**Verdict: ") == 5 and "no candidates" in text
+
+
+def test_implied_alpha_is_not_used_as_the_known_step(geometric_run):
+    # an LLM store: no residual, the alpha column holds the implied step
+    ds = load(geometric_run)
+    ds["smoothing_residual"] = ds["smoothing_residual"] * np.nan
+    ds["alpha"] = ds["alpha"] * 0 + 0.9
+    runs = as_runs(ds)
+    claim = cl.geometric_convergence(runs)
+    assert claim.verdict == cl.SUPPORTED and "alpha unknown" in claim.summary
+    assert np.isnan(claim.numbers["one_minus_alpha"][0])
+    assert cl.smoothing_identity(runs).verdict == cl.NOT_ENOUGH
