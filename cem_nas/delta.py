@@ -582,11 +582,15 @@ def _locate_content(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
         elif tag == " ":
             new.append(next(context))  # the source's own line: its whitespace is kept
         else:
-            t = t.removesuffix("\r")
-            new.append((_reindent(t, shift, pad) + ("\r" if crlf else ""), eol))
+            t = t.rstrip("\r")
+            new.append((_reindent(t, shift, pad) + ("\r" if crlf and eol else ""), eol))
     reaches_end = p + len(old) == len(src)
     if new and reaches_end and not hunk.has_marker and src:
-        new[-1] = (new[-1][0], src[-1][1])  # no "\ No newline" marker: keep the file's final newline as it was
+        # no "\ No newline" marker: keep the file's final newline as it was (and an added
+        # last line loses the CR of the CRLF it no longer has)
+        text, eol = new[-1][0], src[-1][1]
+        last_added = next(tag for tag, _, _ in reversed(hunk.body) if tag != "-") == "+"
+        new[-1] = (text.removesuffix("\r") if last_added and crlf and not eol else text, eol)
     return _Placement(hunk, p, len(old), new, "recount" if quality == 0 else "content", shift)
 
 

@@ -319,7 +319,7 @@ POOL = [
 
 @st.composite
 def edited_pair(draw, sources=tuple(zoo.source(n) for n in zoo.names()) + (SAMPLE,)):
-    """(before, after): a real model file and a copy with 1-6 random line edits."""
+    """(before, after): a real model file and a copy with 1-6 random line edits (sometimes CRLF)."""
     before = draw(st.sampled_from(sources))
     lines = before.split("\n")[:-1]
     for _ in range(draw(st.integers(1, 6))):
@@ -338,6 +338,8 @@ def edited_pair(draw, sources=tuple(zoo.source(n) for n in zoo.names()) + (SAMPL
         before = before.rstrip("\n")
     if draw(st.booleans()):
         after = after.rstrip("\n")
+    if draw(st.integers(0, 4)) == 0:
+        before, after = before.replace("\n", "\r\n"), after.replace("\n", "\r\n")
     return before, after
 
 
