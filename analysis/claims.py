@@ -108,15 +108,16 @@ def threshold_standard_errors(runs: xr.Dataset, r: int, draws: int = 200, seed: 
 def monotone_threshold(runs: xr.Dataset) -> Claim:
     """Monotone quality improvement: gamma_t never falls and trends upward.
 
-    A fall counts only when gamma_t - gamma_{t+1} exceeds 2 standard errors of the
-    difference (bootstrap SE of each cycle's quantile), so sampling noise of a
-    quantile is not called a violation. The trend is Theil-Sen per run (slope CI)
+    A fall counts only when gamma_t - gamma_{t+1} exceeds z standard errors of the
+    difference (bootstrap SE of each cycle's quantile), z = Phi^-1(1 - 0.05/steps) over
+    all steps of all runs (Bonferroni: a 5% family-wise false alarm, so a large grid of
+    runs does not turn quantile noise into violations). The trend is Theil-Sen per run (slope CI)
     with the Mann-Kendall test deciding the direction, and, with two or more replicate
     runs, Page's L test for an ordered increase across them.
     """
     gamma = _series(runs, "gamma")
     names = [str(v) for v in runs["run"].values]
-    rows, drops, slopes = [], [], []
+    rows, steps, slopes = [], [], []
     usable = 0
     for r, name in enumerate(names):
         g = gamma[r]
@@ -128,11 +129,9 @@ def monotone_threshold(runs: xr.Dataset) -> Claim:
         t = np.flatnonzero(ok)
         se = threshold_standard_errors(runs, r)[t]
         gv = g[t]
-        fall = gv[:-1] - gv[1:]
-        tol = 2 * np.sqrt(se[:-1] ** 2 + se[1:] ** 2)
-        significant = np.flatnonzero(fall > tol + 1e-12)
-        for i in significant:
-            drops.append((name, int(runs["cycle"].values[t[i + 1]]), float(fall[i]), float(tol[i])))
+        sd = np.sqrt(se[:-1] ** 2 + se[1:] ** 2)
+        steps += [(name, int(runs["cycle"].values[t[i + 1]]), float(gv[i] - gv[i + 1]), float(sd[i]))
+                  for i in range(len(gv) - 1)]
         ts = convergence.theil_sen_slope(gv, runs["cycle"].values[t].astype(float), level=LEVEL)
         # Theil-Sen's median slope is 0 once a run plateaus; the direction is decided by
         # the Mann-Kendall test (Kendall's tau of gamma_t against t), which ties do not weaken.
@@ -145,8 +144,10 @@ def monotone_threshold(runs: xr.Dataset) -> Claim:
         slopes.append((ts, float(mk.statistic), float(mk.pvalue), rises, falls))
         rows.append(f"{name}: Theil-Sen slope {_fmt(ts.slope, 4)} per cycle "
                     f"[{_fmt(ts.ci_low, 4)}, {_fmt(ts.ci_high, 4)}]; Mann-Kendall tau {_fmt(mk.statistic)} "
-                    f"(p = {mk.pvalue:.3g}); significant falls: {len(significant)}")
-    numbers: dict = {"runs": len(names), "runs_used": usable, "significant_falls": len(drops)}
+                    f"(p = {mk.pvalue:.3g})")
+    z = float(stats.norm.ppf(1 - 0.05 / max(len(steps), 1)))
+    drops = [(name, cycle, fall, z * sd) for name, cycle, fall, sd in steps if fall > z * sd + 1e-12]
+    numbers: dict = {"runs": len(names), "runs_used": usable, "significant_falls": len(drops), "fall_z": z}
     if usable == 0:
         return Claim("monotone_threshold", "Monotone elite threshold gamma_t", NOT_ENOUGH,
                      f"no run has {MIN_CYCLES} cycles with a threshold", numbers, rows)
@@ -163,12 +164,12 @@ def monotone_threshold(runs: xr.Dataset) -> Claim:
     down = [s for s in slopes if s[4]]
     trend_up = (page.p_value < 1 - LEVEL) if page is not None else len(up) == len(slopes)
     for name, cycle, fall, tol in drops:
-        rows.append(f"{name}: gamma fell by {fall:.4f} into cycle {cycle} (2 SE = {tol:.4f})")
+        rows.append(f"{name}: gamma fell by {fall:.4f} into cycle {cycle} ({z:.2f} SE = {tol:.4f})")
     if drops:
         worst = max(drops, key=lambda d: d[2])
         return Claim("monotone_threshold", "Monotone elite threshold gamma_t", NOT_SUPPORTED,
                      f"gamma_t is not monotone: {len(drops)} significant fall(s), largest "
-                     f"{worst[2]:.4f} into cycle {worst[1]} of {worst[0]} (2 SE = {worst[3]:.4f})",
+                     f"{worst[2]:.4f} into cycle {worst[1]} of {worst[0]} ({z:.2f} SE = {worst[3]:.4f})",
                      numbers, rows)
     if down:
         return Claim("monotone_threshold", "Monotone elite threshold gamma_t", NOT_SUPPORTED,

@@ -185,7 +185,7 @@ def write_report(sources, out: str | Path | None = None) -> Path:
     lines += ["",
               "## Elite threshold and best so far", "",
               "gamma_t is the lowest elite score of cycle t. Monotonicity is tested, not assumed: "
-              "a fall counts when it exceeds twice the bootstrap standard error of the two quantiles.", "",
+              "a fall counts when it exceeds z bootstrap standard errors of the two quantiles, z Bonferroni-corrected over all steps (5% family-wise).", "",
               *claim_section(claims["monotone_threshold"], "threshold.png"),
               "## Elite probability p_t(E)", "",
               "The pure geometric law 1 - p_{t+1} = (1 - alpha)(1 - p_t) needs q_t(E) = 1; kappa is fitted "

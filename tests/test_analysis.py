@@ -137,7 +137,7 @@ def test_sampling_noise_in_the_quantile_is_not_called_a_fall(noisy_run):
     ds = load(noisy_run)
     se = cl.threshold_standard_errors(as_runs(ds), 0)
     assert np.all(se > 0.003)  # proxy noise 0.05 over 200 scores: the 0.9 quantile moves by ~0.01
-    # a dip of 0.002 is far inside 2 bootstrap SE; a dip of 0.2 is far outside
+    # a dip of 0.002 is far inside the Bonferroni z (~2.6) bootstrap SEs; a dip of 0.2 far outside
     ds["gamma"].values[:] = [0.60, 0.65, 0.70, 0.698, 0.75, 0.80]
     claim = cl.monotone_threshold(as_runs(ds))
     assert claim.numbers["significant_falls"] == 0 and claim.verdict == cl.SUPPORTED, claim.summary
