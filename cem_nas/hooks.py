@@ -184,7 +184,9 @@ class Instrumentation(Hook):
     alpha is unknown; the row then holds the implied alpha
     ``((1-p_{t+1})-(1-p_t)) / ((1-q_t)-(1-p_t))`` and no residual. The identity holds
     for the sampling distribution, so the residual of the sample shares has a sampling
-    error of order sqrt(p(1-p)/N).
+    error of order sqrt(p(1-p)/N). It holds exactly only when the whole joint distribution
+    is mixed; the grammar sampler mixes each coordinate's marginal, so for a set E defined
+    by score (not by one coordinate) a systematic residual is itself a finding.
     """
 
     variables = {

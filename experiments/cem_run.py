@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     except (C.ConfigError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        where = resume_dir or Path(cfg.run.runs_dir) / cfg.run.name
+        print(f"\ninterrupted; completed cycles are kept. Continue with --resume {where}", file=sys.stderr)
+        return 130
     print(summary(run_dir))
     return 0
 
