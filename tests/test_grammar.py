@@ -1,5 +1,6 @@
 """The mutation grammar (cem_nas.mutations) and the exact-CEM grammar sampler."""
 import ast
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,121 @@ def test_bad_choices_raise_clear_errors():
         m.choice_vector([0, 1])
     with pytest.raises(m.MutationError, match="not valid Python"):
         m.render("def broken(:\n", {"width": "x2"})
+
+
+# --- the grammar sampler: an exact CEM -------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from cem_nas.delta import apply_delta  # noqa: E402
+from cem_nas.records import Baseline, Elite  # noqa: E402
+from cem_nas.sampler.base import Sampler  # noqa: E402
+from cem_nas.sampler.grammar import GrammarSampler  # noqa: E402
+from theory import cem as theory_cem  # noqa: E402
+
+BASELINES = [Baseline(n, zoo.source(n)) for n in ("plainnet", "resnet", "mlp")]
+
+
+def _elites(proposals, score, rho, rng):
+    scores = [score(p.meta["choices"]) for p in proposals]
+    return [Elite(proposals[i].baseline, proposals[i].prompt, proposals[i].response, scores[i], 0,
+                  dict(proposals[i].meta)) for i in theory_cem.elite_indices(scores, rho, rng)]
+
+
+def test_is_a_sampler_whose_proposals_apply_to_their_baseline():
+    sampler = GrammarSampler(alpha=0.5)
+    assert isinstance(sampler, Sampler) and sampler.mode == "delta"
+    proposals = sampler.propose(BASELINES, 6, np.random.default_rng(0))
+    assert [p.baseline for p in proposals] == ["plainnet", "resnet", "mlp"] * 2
+    for p in proposals:
+        before = zoo.source(p.baseline)
+        assert p.response == p.delta and p.code is None and p.completion_tokens > 0
+        after = m.render(before, p.meta["choices"])
+        assert p.prompt.endswith(m.describe_choices(p.meta["choices"]))
+        if after != before:
+            assert apply_delta(before, p.delta).code == after
+    full = GrammarSampler(mode="full").propose(BASELINES[:1], 1, np.random.default_rng(0))[0]
+    assert full.delta is None and full.code == m.render(BASELINES[0].code, full.meta["choices"])
+
+
+def test_noise_free_elite_probability_follows_the_geometric_law():
+    # score: coordinate "width" at x2 dominates, other coordinates only break ties; with
+    # 10% elites of 40 and P(width = x2) >= 1/3, every elite lies in E = {width = x2}.
+    alpha, rho, j = 0.3, 0.1, m.coordinate_names().index("width")
+    in_set = np.array([False, False, True])
+    sampler, rng = GrammarSampler(alpha=alpha), np.random.default_rng(1)
+
+    def score(choices):
+        return 10.0 * (choices[j] == 2) + 0.01 * sum(choices)
+
+    p = [theory_cem.elite_probability(sampler.probs[j, :3], in_set)]
+    for _ in range(5):
+        elites = _elites(sampler.propose(BASELINES, 40, rng), score, rho, rng)
+        q = theory_cem.elite_share_in_set([e.meta["choices"][j] == 2 for e in elites])
+        assert q == 1.0
+        stats = sampler.update(elites)
+        assert stats.elite_nll_after < stats.elite_nll_before and stats.examples == 4
+        p.append(theory_cem.elite_probability(sampler.probs[j, :3], in_set))
+    p = np.array(p)
+    assert np.allclose(1 - p[1:], (1 - alpha) * (1 - p[:-1]), rtol=0, atol=1e-12)
+    assert np.allclose(1 - p, (1 - alpha) ** np.arange(6) * (2 / 3), rtol=0, atol=1e-12)
+
+
+def test_noisy_score_keeps_the_smoothing_identity_with_measured_q():
+    alpha, rho, j = 0.5, 0.2, m.coordinate_names().index("activation")
+    sampler, rng = GrammarSampler(alpha=alpha), np.random.default_rng(2)
+    noise = np.random.default_rng(3)
+    in_set = np.array([False, False, True, False, False, False])  # activation = GELU
+    for _ in range(4):
+        proposals = sampler.propose(BASELINES[:1], 30, rng)
+        elites = _elites(proposals, lambda c: float(c[j] == 2) + noise.normal(0, 1.0), rho, rng)
+        q = theory_cem.elite_share_in_set([e.meta["choices"][j] == 2 for e in elites])
+        before = theory_cem.elite_probability(sampler.probs[j, :6], in_set)
+        sampler.update(elites)
+        after = theory_cem.elite_probability(sampler.probs[j, :6], in_set)
+        assert abs(theory_cem.identity_residual(before, q, after, alpha)) < 1e-12
+
+
+def test_neutral_coordinate_drifts_like_wright_fisher():
+    # elites drawn without selection: E[H_t] = H_0 (1 - alpha^2/m)^t (theory.cem)
+    alpha, m_elite, t, runs = 0.5, 4, 5, 300
+    sampler0 = GrammarSampler(alpha=alpha)
+    j = sampler0.neutral
+    assert m.coordinate_names()[j] == m.NEUTRAL and set(sampler0.marginal(m.NEUTRAL)) == {"keep", "a", "b", "c"}
+    rng = np.random.default_rng(4)
+    diversity = []
+    for _ in range(runs):
+        sampler = GrammarSampler(alpha=alpha)
+        for _ in range(t):
+            sampler.update([Elite("x", "", "", 0.0, 0, {"choices": sampler.sample(rng)}) for _ in range(m_elite)])
+        k = len(m.GRAMMAR[j].choices)
+        diversity.append(1 - np.sum(sampler.probs[j, :k] ** 2))
+    expected = theory_cem.expected_neutral_diversity(0.75, alpha, m_elite, t)
+    assert abs(np.mean(diversity) - expected) < 4 * np.std(diversity, ddof=1) / np.sqrt(runs)
+    assert expected < 0.75 * 0.8  # drift is material at this size: the test has power
+
+
+def test_state_round_trip_resumes_the_same_stream(tmp_path):
+    a = GrammarSampler(alpha=0.4, seed=7)
+    elites = [Elite("plainnet", "", "", 1.0, 0, {"choices": m.choice_vector({"width": "x2"})})]
+    a.update(elites)
+    a.propose(BASELINES, 2)
+    a.save(tmp_path)
+    b = GrammarSampler(alpha=0.9, seed=0)
+    b.load(tmp_path)
+    assert np.array_equal(a.probs, b.probs) and b.alpha == 0.4 and b.updates == 1
+    assert [p.meta["choices"] for p in a.propose(BASELINES, 3)] == [p.meta["choices"] for p in b.propose(BASELINES, 3)]
+
+
+def test_sampler_input_errors():
+    with pytest.raises(ValueError, match="alpha"):
+        GrammarSampler(alpha=1.5)
+    with pytest.raises(ValueError, match="shape"):
+        GrammarSampler(probs=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="meta\\['choices'\\]"):
+        GrammarSampler().update([Elite("x", "", "", 1.0, 0, {})])
+    with pytest.raises(ValueError, match="at least one baseline"):
+        GrammarSampler().propose([], 1, np.random.default_rng(0))
+    with pytest.raises(FileNotFoundError, match="save"):
+        GrammarSampler().load(Path("/nonexistent"))
+    assert GrammarSampler().update([]).steps == 0
