@@ -157,6 +157,13 @@ def _code_signature(code: str, shingle: int, num_perm: int, seed: int) -> MinHas
     return minhash(shingles(code, shingle), num_perm, seed)
 
 
+@functools.lru_cache(maxsize=32)
+def _lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """datasketch's (bands, rows) for a threshold; computing them takes ~0.1 s, so once."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
+
+
 def minhash(items: set[bytes], num_perm: int = 128, seed: int = 1) -> MinHash:
     """datasketch MinHash signature of a set; its Jaccard estimate has variance J(1-J)/num_perm."""
     m = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME)
@@ -194,7 +201,7 @@ class NoveltyArchive:
         self.shingle = int(shingle)
         self.seed = int(seed)
         self.candidate_threshold = float(candidate_threshold)
-        self._lsh = MinHashLSH(threshold=self.candidate_threshold, num_perm=self.num_perm)
+        self._lsh = MinHashLSH(num_perm=self.num_perm, params=_lsh_bands(self.candidate_threshold, self.num_perm))
         self._sigs: dict[str, MinHash] = {}
 
     def signature(self, code: str) -> MinHash:

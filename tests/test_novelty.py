@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cem_nas import zoo
 from cem_nas.novelty import NoveltyArchive, exact_jaccard, minhash, normalised_tokens, shingles
@@ -169,3 +171,25 @@ def test_minhash_error_matches_its_standard_error():
     n = len(z)
     assert abs(z.mean()) < 4 / math.sqrt(n)
     assert abs((z**2).mean() - 1) < 4 * math.sqrt(2 / n)
+
+
+def test_nearest_is_the_most_similar_entry():
+    arch = NoveltyArchive()
+    for key, code in [("base", BASE), *DIFFERENT.items(), ("mlp", zoo.source("mlp"))]:
+        arch.add(key, code)
+    probe = DIFFERENT["keyword argument"].replace("self.features", "self.trunk")
+    assert arch.check(probe) == (False, 1.0, "keyword argument")
+    # exact Jaccard to every entry agrees that this is the closest one
+    exact = {key: exact_jaccard(shingles(probe), shingles(code)) for key, code in [("base", BASE), *DIFFERENT.items()]}
+    assert max(exact, key=exact.get) == "keyword argument"
+
+
+BASE_ARCHIVE = NoveltyArchive()
+BASE_ARCHIVE.add("base", BASE)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.lists(st.sampled_from(BASE.split("\n") + ['"""', "#", "(", "\t", "\\"]), max_size=30).map("\n".join)))
+def test_any_text_gets_a_signature(code):
+    novel, j, nearest = BASE_ARCHIVE.check(code)
+    assert 0.0 <= j <= 1.0 and novel == (j < BASE_ARCHIVE.threshold) and nearest in (None, "base")
