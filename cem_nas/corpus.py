@@ -1,9 +1,11 @@
 """The curated warm-start corpus: (baseline, before, after, delta) pairs from the zoo.
 
 Each pair is a random mutation of a zoo baseline: 1 to 3 non-neutral coordinates of the
-grammar (:mod:`cem_nas.mutations`) set to a random non-keep choice. A pair is kept only if
+grammar (:mod:`cem_nas.mutations`) set to a random choice among those that change that
+baseline (see :func:`applicable_choices`); the stored choice vector leaves out any that
+still turned out to be no-ops in combination. A pair is kept only if
 
-* the mutation changed the source (choices that are no-ops on that baseline do not count),
+* the mutation changed the source,
 * its ``after`` is not a copy of an earlier pair's,
 * ``after`` builds and gives (1, num_classes) outputs for (1, 28, 28) and (3, 32, 32)
   inputs with 10 classes (trusted code: built in-process by :func:`cem_nas.zoo.build`;
@@ -80,12 +82,29 @@ def builds_with_right_shapes(code: str) -> bool:
     return True
 
 
-def random_choices(rng: np.random.Generator, max_changes: int = 3) -> tuple[int, ...]:
-    """A choice vector with 1..max_changes non-neutral coordinates set to non-keep choices."""
-    movable = [j for j, c in enumerate(mutations.GRAMMAR) if not c.neutral]
+def applicable_choices(source: str) -> dict[int, list[int]]:
+    """For each non-neutral coordinate, the non-keep choices that change ``source`` when
+    applied alone (coordinates without any are left out)."""
+    out = {}
+    for j, coord in enumerate(mutations.GRAMMAR):
+        if coord.neutral:
+            continue
+        changing = [i for i in range(1, len(coord.choices))
+                    if mutations.render(source, {coord.name: i}) != source]
+        if changing:
+            out[j] = changing
+    return out
+
+
+def random_choices(rng: np.random.Generator, applicable: dict[int, list[int]], max_changes: int = 3
+                   ) -> tuple[int, ...]:
+    """A choice vector with 1..max_changes coordinates of ``applicable`` set to one of their
+    applicable choices (uniformly), the rest kept."""
     vector = [0] * len(mutations.GRAMMAR)
-    for j in rng.choice(movable, size=int(rng.integers(1, max_changes + 1)), replace=False):
-        vector[j] = int(rng.integers(1, len(mutations.GRAMMAR[j].choices)))
+    movable = sorted(applicable)
+    size = min(int(rng.integers(1, max_changes + 1)), len(movable))
+    for j in rng.choice(movable, size=size, replace=False):
+        vector[j] = applicable[j][int(rng.integers(len(applicable[j])))]
     return tuple(vector)
 
 
@@ -99,19 +118,26 @@ def _generate(n: int, seed: int, threshold: float, max_attempts: int) -> list[Co
     archives = {name: novelty.NoveltyArchive(threshold=threshold) for name in baselines}
     seen_choices: set[tuple[str, tuple[int, ...]]] = set()
     seen_code = set(sources.values())
+    applicable: dict[str, dict[int, list[int]]] = {}
     valid: dict[tuple[str, tuple[int, ...]], bool] = {}  # building is the cost: once per build key
     pairs: list[CorpusPair] = []
     for _ in range(max_attempts):
         if len(pairs) == n:
             return pairs
         name = baselines[int(rng.integers(len(baselines)))]
-        choices = random_choices(rng)
+        if name not in applicable:
+            applicable[name] = applicable_choices(sources[name])
+        choices = random_choices(rng, applicable[name])
         if (name, choices) in seen_choices:
             continue
         seen_choices.add((name, choices))
-        after = mutations.render(sources[name], choices)
+        rendered = mutations.render_detail(sources[name], choices)
+        after = rendered.code
         if after in seen_code:
             continue
+        # A coordinate that was a no-op at its turn left every later step unchanged, so
+        # dropping it from the vector renders the same file: record only what acted.
+        choices = tuple(0 if c.name in rendered.noops else i for c, i in zip(mutations.GRAMMAR, choices))
         seen_code.add(after)
         if not archives[name].check(after)[0]:
             continue

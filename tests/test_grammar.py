@@ -2,11 +2,17 @@
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cem_nas import mutations as m
 from cem_nas import zoo
+from cem_nas.delta import apply_delta
+from cem_nas.records import Baseline, Elite
+from cem_nas.sampler.base import Sampler
+from cem_nas.sampler.grammar import GrammarSampler
+from theory import cem as theory_cem
 
 torch.set_num_threads(1)
 
@@ -104,14 +110,6 @@ def test_bad_choices_raise_clear_errors():
 
 
 # --- the grammar sampler: an exact CEM -------------------------------------------------
-
-import numpy as np  # noqa: E402
-
-from cem_nas.delta import apply_delta  # noqa: E402
-from cem_nas.records import Baseline, Elite  # noqa: E402
-from cem_nas.sampler.base import Sampler  # noqa: E402
-from cem_nas.sampler.grammar import GrammarSampler  # noqa: E402
-from theory import cem as theory_cem  # noqa: E402
 
 BASELINES = [Baseline(n, zoo.source(n)) for n in ("plainnet", "resnet", "mlp")]
 
