@@ -217,3 +217,10 @@ def test_sampler_input_errors():
     with pytest.raises(FileNotFoundError, match="save"):
         GrammarSampler().load(Path("/nonexistent"))
     assert GrammarSampler().update([]).steps == 0
+
+
+def test_a_vector_that_changes_nothing_says_why():
+    keep_all = np.zeros((len(m.GRAMMAR), max(m.cardinalities())))
+    keep_all[:, 0] = 1.0
+    p = GrammarSampler(probs=keep_all).propose(BASELINES[:1], 1, np.random.default_rng(0))[0]
+    assert p.delta == "" and "change nothing" in p.meta["parse_error"]
