@@ -40,6 +40,8 @@ from cem_nas.store import StoreError
 from theory import proxy, reliability
 
 LEVEL = 0.95
+#: Fewest architectures for a statement about the fidelity bound.
+MIN_ARCHITECTURES = 10
 
 
 def select_architectures(runs: xr.Dataset, top: int, random: int, seed: int = 0) -> list[dict]:
@@ -166,7 +168,10 @@ def markdown(st: ProxyStatistics, archs: list[dict]) -> str:
         ("fidelity (disattenuated Pearson)", f(st.fidelity)),
     ]
     lo, hi = st.spearman_ci
-    if hi < st.spearman_moran_bound:
+    if st.n < MIN_ARCHITECTURES:
+        verdict = (f"not enough data: {st.n} architectures (need {MIN_ARCHITECTURES}); the CI cannot "
+                   "separate fidelity 1 from a much lower one")
+    elif hi < st.spearman_moran_bound:
         verdict = ("below the reliability bound: the noise-free 1-epoch ranking differs from the final one "
                    f"(fidelity {f(st.fidelity)} < 1)")
     else:

@@ -159,3 +159,8 @@ def test_tiny_real_ablation_with_the_grammar_sampler(tmp_path):
     statuses = grid["status"].values.astype(str)
     assert statuses[statuses != ""].size == 8 and set(statuses[statuses != ""]) <= set(STATUSES)
     assert "**Verdict: " in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_proxy_study_says_when_there_are_too_few_architectures():
+    st = proxy_study.proxy_statistics(synthetic_study(6, 0.8, 0.9, fidelity=1.0, seed=2))
+    assert "not enough data: 6 architectures" in proxy_study.markdown(st, [{"group": "top"}] * 6)
