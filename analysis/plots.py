@@ -25,7 +25,7 @@ def _save(fig, path: Path, right: float = 0.97) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # fixed margins: tight_layout measures every text extent and costs seconds per figure
-    fig.subplots_adjust(left=0.08, right=right, bottom=0.13, top=0.88, wspace=0.28)
+    fig.subplots_adjust(left=0.08, right=right, bottom=0.13, top=0.85, wspace=0.28)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
