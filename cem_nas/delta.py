@@ -15,7 +15,9 @@ is refused.
     takes ``@@ @@`` without numbers, missing ``---/+++`` headers, and context lines that
     lost their leading space: blank ones, and unprefixed ones directly followed by a
     ``+``/``-`` line); the old side must match exactly, at the header's line or at one
-    single place in the file.
+    single place in the file. A line of text that cuts a hunk short, followed by
+    code-like ``+``/``-`` lines, is a ``parse_error`` (never a silently shortened hunk);
+    markdown bullets (``- word``) after a diff are chatter.
 ``content``
     the old side is located by content alone, tolerating trailing whitespace, CRLF,
     a missing final newline and a uniform indentation offset (the added lines are then
