@@ -511,6 +511,7 @@ def _worker_main(conn, init_ref: str, init_blob: bytes, handler_ref: str, thread
         try:
             state = _resolve(init_ref)(*init_args)
             handler = _resolve(handler_ref)
+            del init_blob, init_args  # smaller worker, cheaper forks
         except Exception:
             conn.send(("failed", traceback.format_exc()))
             raise
