@@ -36,8 +36,11 @@ from cem_nas import delta, mutations, novelty, zoo
 CACHE_ENV = "CEM_NAS_CACHE"
 #: (in_shape, num_classes) every kept ``after`` must build for.
 CHECK_SHAPES = (((1, 28, 28), 10), ((3, 32, 32), 10))
-#: Default novelty threshold. Two mutations of one baseline share most of its file, so
-#: their MinHash Jaccard is high; this keeps edits that differ by more than a literal.
+#: Default novelty threshold. Mutations of one baseline share most of its file: on the
+#: plain net the exact shingle Jaccard of two files one literal apart (dropout 0.1 vs 0.3)
+#: is 0.964, of two activations 0.949, of x2 vs x0.5 widths 0.856. At 0.97 the filter
+#: drops pairs closer than about one literal edit to a kept pair of the same family (with
+#: MinHash error, sd ~0.017 at 128 permutations); 0.9 leaves only ~300 pairs in all.
 DEFAULT_THRESHOLD = 0.97
 
 
