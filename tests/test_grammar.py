@@ -65,11 +65,11 @@ def test_kernel_keeps_same_padding():
     assert code.count("5, padding=2)") == 5 and "3, padding=1" not in code
 
 
-def test_norm_add_then_remove_restores_plainnet():
+def test_norm_remove_then_add_restores_plainnet():
     source = zoo.source("plainnet")
-    added = m.render(source, {"norm": "add_bn"})
-    assert added.count("nn.BatchNorm2d(") == 3
-    assert m.render(added, {"norm": "remove_bn"}) == source
+    removed = m.render(source, {"norm": "remove_bn"})
+    assert source.count("nn.BatchNorm2d(") == 3 and "BatchNorm" not in removed
+    assert m.render(removed, {"norm": "add_bn"}) == source
 
 
 def test_block_adds_one_layer_at_the_trunk_width():

@@ -63,7 +63,7 @@ def test_flops_count_grouped_convolutions():
     # depthwise conv: out (1, 8, 4, 4), each output sees in/groups = 1 channel x 3x3
     code = zoo.source("plainnet").replace(
         "nn.Conv2d(16, 32, 3, padding=1)", "nn.Conv2d(16, 16, 3, padding=1, groups=16)"
-    ).replace("nn.Conv2d(32, 64", "nn.Conv2d(16, 64")
+    ).replace("nn.BatchNorm2d(32)", "nn.BatchNorm2d(16)").replace("nn.Conv2d(32, 64", "nn.Conv2d(16, 64")
     full, grouped = zoo.describe("plainnet")["flops"], zoo.describe(code)["flops"]
     assert full - grouped == 14 * 14 * 32 * 16 * 9 - 14 * 14 * 16 * 1 * 9 + 7 * 7 * 64 * (32 - 16) * 9
 

@@ -13,14 +13,18 @@ class Net(nn.Module):
         self.device = device
         self.features = nn.Sequential(
             nn.Conv2d(in_shape[1], 24, 5, stride=2, padding=2),
+            nn.BatchNorm2d(24),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(24, 48, 3, padding=1),
+            nn.BatchNorm2d(48),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(48, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
             nn.ReLU(),
             nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
             nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)

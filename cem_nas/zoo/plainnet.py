@@ -1,4 +1,4 @@
-"""Plain conv net: three conv-ReLU-pool stages and a linear classifier."""
+"""Plain conv net: three conv-BN-ReLU-pool stages and a linear classifier."""
 import torch
 from torch import nn
 
@@ -13,12 +13,15 @@ class Net(nn.Module):
         self.device = device
         self.features = nn.Sequential(
             nn.Conv2d(in_shape[1], 16, 3, padding=1),
+            nn.BatchNorm2d(16),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
             nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -11,9 +11,9 @@ class Fire(nn.Module):
     def __init__(self, c_in, c_out):
         super().__init__()
         squeeze = c_out // 8
-        self.squeeze = nn.Sequential(nn.Conv2d(c_in, squeeze, 1), nn.ReLU())
-        self.expand1 = nn.Sequential(nn.Conv2d(squeeze, c_out // 2, 1), nn.ReLU())
-        self.expand3 = nn.Sequential(nn.Conv2d(squeeze, c_out // 2, 3, padding=1), nn.ReLU())
+        self.squeeze = nn.Sequential(nn.Conv2d(c_in, squeeze, 1), nn.BatchNorm2d(squeeze), nn.ReLU())
+        self.expand1 = nn.Sequential(nn.Conv2d(squeeze, c_out // 2, 1), nn.BatchNorm2d(c_out // 2), nn.ReLU())
+        self.expand3 = nn.Sequential(nn.Conv2d(squeeze, c_out // 2, 3, padding=1), nn.BatchNorm2d(c_out // 2), nn.ReLU())
 
     def forward(self, x):
         x = self.squeeze(x)
@@ -26,6 +26,7 @@ class Net(nn.Module):
         self.device = device
         self.features = nn.Sequential(
             nn.Conv2d(in_shape[1], 32, 3, stride=2, padding=1),
+            nn.BatchNorm2d(32),
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),
             Fire(32, 64),
@@ -37,6 +38,7 @@ class Net(nn.Module):
         self.classifier = nn.Sequential(
             nn.Dropout(prm['dropout']),
             nn.Conv2d(128, out_shape[0], 1),
+            nn.BatchNorm2d(out_shape[0]),
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
         )
