@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import statistics
 import time
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("cem_nas.sampler").setLevel(logging.INFO)  # one line per LoRA step
     print(f"load average before: {os.getloadavg()}", flush=True)
     loads = []
     for _ in range(2):

@@ -41,8 +41,8 @@ class GenerationSettings:
     """Nucleus sampling mass (1.0 disables)."""
     top_k: int = 0
     """Top-k cut-off; 0 disables it (otherwise transformers' default 50 would apply)."""
-    max_new_tokens: int = 384
-    """Token budget of one delta-mode answer."""
+    max_new_tokens: int = 640
+    """Token budget of one delta-mode answer (the corpus' deltas: median ~340, max ~600 tokens)."""
     max_new_tokens_full: int = 1024
     """Token budget of one full-mode answer (a whole file)."""
     batch_size: int = 8
@@ -226,7 +226,7 @@ class LLMSampler:
         Each step trains on ``warm.batch_size`` pairs of one baseline, the baseline drawn
         with probability proportional to its number of pairs (so pairs are equally likely).
 
-        ``elite_nll_*`` here is the corpus' mean completion NLL before/after (on up to 16
+        ``elite_nll_*`` here is the corpus' mean completion NLL before/after (on up to 8
         examples); when the adapter came from the cache, the stats saved with it.
         """
         target = self.warm_start_dir()
@@ -241,7 +241,7 @@ class LLMSampler:
             raise ValueError(
                 f"no warm-start example fits in LoRASettings.max_length={self.lora.max_length} tokens; raise it"
             )
-        probe = encoded[:16]
+        probe = encoded[:8]
         before = self._nll(probe)
         # one baseline per step: the batch shares its prompt, which the shared-prompt loss
         # path then encodes once (a step costs ~ its completions, not batch x prompt)

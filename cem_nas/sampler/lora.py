@@ -7,12 +7,14 @@ exactly the quantity the CE update maximises the likelihood of (the elites' comp
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
 IGNORE = -100  # label that cross_entropy skips (prompt and padding positions)
+log = logging.getLogger(__name__)
 
 
 def _default_targets() -> list[str]:
@@ -275,5 +277,6 @@ def train_steps(
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             losses.append(float(loss.detach()))
+            log.info("LoRA step %d/%d: loss %.4f over %d completion tokens", len(losses), steps, losses[-1], count)
         model.eval()
     return losses
