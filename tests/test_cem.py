@@ -214,7 +214,8 @@ def test_tiny_random_llm_end_to_end(tmp_path):
     sampler = LLMSampler(TASK, tiny_model(tok), lora=LoRASettings(rank=2, steps=1), corpus=CORPUS,
                          generation=GenerationSettings(max_new_tokens=8, batch_size=4),
                          warm_start=WarmStartSettings(enabled=False))
-    loop = open_loop(small_config(tmp_path, **{"search.candidates": "4"}), sampler, FakePool())
+    cfg = small_config(tmp_path, **{"search.candidates": "4", "sampler.warm_start.enabled": "false"})
+    loop = open_loop(cfg, sampler, FakePool())
     loop.run()
     ds = load(loop.store.root)
     assert ds.sizes["cycle"] == 2 and set(ds.status.values.ravel().astype(str)) <= set(STATUSES)
