@@ -204,6 +204,7 @@ def kill_worker_running(pool, fut_started_after: float) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_killed_worker_candidate_completes_elsewhere_once(local_pool):
     code = sleeper(8)
     with DaskEvaluationPool(SPEC, SETTINGS, workers=2, max_retries=1) as pool:
@@ -218,6 +219,7 @@ def test_killed_worker_candidate_completes_elsewhere_once(local_pool):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_worker_lost_after_retries_then_scheduler_lost():
     code = sleeper(8)
     pool = DaskEvaluationPool(SPEC, SETTINGS, workers=2, max_retries=0)
