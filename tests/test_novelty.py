@@ -28,7 +28,7 @@ RENAMED = (BASE.replace("self.features", "self.body").replace("self.classifier",
 DIFFERENT = {
     "number": BASE.replace("nn.Conv2d(16, 32, 3, padding=1)", "nn.Conv2d(16, 48, 3, padding=1)"),
     "layer type": BASE.replace("nn.ReLU(),\n            nn.MaxPool2d(2),\n            nn.Conv2d(16", "nn.GELU(),\n            nn.MaxPool2d(2),\n            nn.Conv2d(16"),
-    "keyword argument": BASE.replace("3, padding=1),\n            nn.ReLU(),\n            nn.MaxPool2d(2),\n            nn.Conv2d(32", "3, dilation=1),\n            nn.ReLU(),\n            nn.MaxPool2d(2),\n            nn.Conv2d(32"),
+    "keyword argument": BASE.replace("nn.Conv2d(32, 64, 3, padding=1)", "nn.Conv2d(32, 64, 3, dilation=1)"),
     "torch attribute": BASE.replace("torch.optim.SGD", "torch.optim.Adam"),
 }
 
