@@ -55,9 +55,13 @@ def outcome(proposal, baseline: Baseline) -> tuple[str, str | None]:
 
 def bench_mode(mode: str, loaded, args) -> dict:
     warm = WarmStartSettings(corpus_size=args.corpus, steps=args.warm_steps if mode == "delta" else args.full_warm_steps,
-                             batch_size=args.warm_batch)
+                             batch_size=args.warm_batch, lr=args.warm_lr, max_edits=args.max_edits,
+                             context=args.context, max_changed=args.max_changed)
+    generation = GenerationSettings(batch_size=args.gen_batch, temperature=args.temperature)
+    if args.max_new_tokens:
+        generation.max_new_tokens = args.max_new_tokens
     sampler = LLMSampler(TASK, loaded, mode=mode, warm_start=warm, lora=LoRASettings(steps=args.update_steps),
-                         generation=GenerationSettings(batch_size=args.gen_batch, temperature=args.temperature))
+                         generation=generation)
     cached = (sampler.warm_start_dir() / "warm_start.json").is_file()
     t0 = time.perf_counter()
     warm_stats = sampler.warm_start()
@@ -91,7 +95,8 @@ def bench_mode(mode: str, loaded, args) -> dict:
         "tokens_per_s_batch1": single_rate,
         "batched_vs_single": (tokens / seconds) / single_rate if single else float("nan"),
         "update": dataclasses.asdict(update),
-        "example_response": proposals[0].response[:600] if proposals else "",
+        "hit_token_cap": sum(p.completion_tokens >= sampler._generation_config().max_new_tokens for p in proposals),
+        "example_responses": [p.response[:400] for p in proposals[:3]],
     }
 
 
@@ -99,18 +104,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=["delta", "full"], choices=["delta", "full"])
     parser.add_argument("--samples", type=int, default=50, help="proposals sampled per mode after warm start")
-    parser.add_argument("--corpus", type=int, default=48, help="warm-start corpus pairs")
-    parser.add_argument("--warm-steps", type=int, default=24, help="warm-start steps, delta mode")
-    parser.add_argument("--full-warm-steps", type=int, default=24, help="warm-start steps, full mode")
-    parser.add_argument("--warm-batch", type=int, default=4)
-    parser.add_argument("--update-steps", type=int, default=8)
-    parser.add_argument("--gen-batch", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    warm, gen, lora = WarmStartSettings(), GenerationSettings(), LoRASettings()
+    parser.add_argument("--corpus", type=int, default=warm.corpus_size, help="warm-start corpus pairs")
+    parser.add_argument("--max-edits", type=int, default=warm.max_edits, help="grammar edits per corpus pair")
+    parser.add_argument("--context", type=int, default=warm.context, help="context lines of corpus deltas")
+    parser.add_argument("--max-changed", type=int, default=warm.max_changed, help="cap on a corpus delta's -/+ lines")
+    parser.add_argument("--warm-steps", type=int, default=warm.steps, help="warm-start steps, delta mode")
+    parser.add_argument("--full-warm-steps", type=int, default=warm.steps, help="warm-start steps, full mode")
+    parser.add_argument("--warm-batch", type=int, default=warm.batch_size)
+    parser.add_argument("--warm-lr", type=float, default=warm.lr)
+    parser.add_argument("--update-steps", type=int, default=lora.steps)
+    parser.add_argument("--gen-batch", type=int, default=gen.batch_size)
+    parser.add_argument("--temperature", type=float, default=gen.temperature)
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="delta-mode token budget (0: the default)")
     parser.add_argument("--single", action="store_true", help="also time batch-1 generation for the ratio")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: 2 if the load average is below 3, else 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = args.threads or (2 if os.getloadavg()[0] < 3 else 1)
+    torch.set_num_threads(threads)
+    print(f"torch threads: {threads}", flush=True)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("cem_nas.sampler").setLevel(logging.INFO)  # one line per LoRA step
     print(f"load average before: {os.getloadavg()}", flush=True)

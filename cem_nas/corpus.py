@@ -18,8 +18,8 @@ still turned out to be no-ops in combination. A pair is kept only if
 Candidates come from one seeded stream and are accepted in order, so the corpus is
 deterministic given the seed and ``build_corpus(n)`` is a prefix of ``build_corpus(m)``
 for n < m. Results are cached as JSON under ``$CEM_NAS_CACHE/corpus`` (default
-``~/.cache/cem_nas/corpus``), keyed by seed, n, threshold and a hash of the sources that
-decide the result (zoo, grammar, delta, novelty and this module).
+``~/.cache/cem_nas/corpus``), keyed by seed, n, threshold, max_edits, context, max_changed and a hash of the
+sources that decide the result (zoo, grammar, delta, novelty and this module).
 """
 from __future__ import annotations
 
@@ -111,7 +111,18 @@ def random_choices(rng: np.random.Generator, applicable: dict[int, list[int]], m
     return tuple(vector)
 
 
-def _generate(n: int, seed: int, threshold: float, max_attempts: int) -> list[CorpusPair]:
+def changed_lines(diff: str) -> int:
+    """Number of removed plus added lines of a unified diff (headers not counted).
+
+    >>> changed_lines("--- a/net.py\n+++ b/net.py\n@@ -1 +1 @@\n-a\n+b\n")
+    2
+    """
+    return sum(1 for line in diff.splitlines()
+               if line[:1] in "+-" and not line.startswith(("+++ ", "--- ")))
+
+
+def _generate(n: int, seed: int, threshold: float, max_attempts: int, max_edits: int, context: int,
+              max_changed: int | None) -> list[CorpusPair]:
     rng = np.random.default_rng(seed)
     baselines = zoo.names()
     sources = {name: zoo.source(name) for name in baselines}
@@ -130,7 +141,7 @@ def _generate(n: int, seed: int, threshold: float, max_attempts: int) -> list[Co
         name = baselines[int(rng.integers(len(baselines)))]
         if name not in applicable:
             applicable[name] = applicable_choices(sources[name])
-        choices = random_choices(rng, applicable[name])
+        choices = random_choices(rng, applicable[name], max_edits)
         if (name, choices) in seen_choices:
             continue
         seen_choices.add((name, choices))
@@ -142,6 +153,9 @@ def _generate(n: int, seed: int, threshold: float, max_attempts: int) -> list[Co
         # dropping it from the vector renders the same file: record only what acted.
         choices = tuple(0 if c.name in rendered.noops else i for c, i in zip(mutations.GRAMMAR, choices))
         seen_code.add(after)
+        diff = delta.make_delta(sources[name], after, context)
+        if max_changed is not None and changed_lines(diff) > max_changed:
+            continue
         if not archives[name].check(after)[0]:
             continue
         key = (name, mutations.build_key(choices))
@@ -150,7 +164,7 @@ def _generate(n: int, seed: int, threshold: float, max_attempts: int) -> list[Co
         if not valid[key]:
             continue
         archives[name].add(str(len(pairs)), after)
-        pairs.append(CorpusPair(name, sources[name], after, delta.make_delta(sources[name], after), choices))
+        pairs.append(CorpusPair(name, sources[name], after, diff, choices))
     if len(pairs) < n:
         raise CorpusError(f"only {len(pairs)} of {n} pairs passed the filters in {max_attempts} attempts; "
                           f"ask for fewer pairs or raise the novelty threshold ({threshold})")
@@ -158,8 +172,16 @@ def _generate(n: int, seed: int, threshold: float, max_attempts: int) -> list[Co
 
 
 def build_corpus(n: int = 3000, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
-                 cache: bool = True, max_attempts: int | None = None) -> list[CorpusPair]:
+                 cache: bool = True, max_attempts: int | None = None, max_edits: int = 3,
+                 context: int = 3, max_changed: int | None = None) -> list[CorpusPair]:
     """``n`` (baseline, before, after, delta, choices) pairs; see the module docstring.
+
+    ``max_edits`` caps the grammar coordinates one pair changes (1..max_edits, uniform) and
+    ``context`` is the number of context lines of each delta; ``max_changed`` (None: no
+    cap) drops pairs whose delta removes plus adds more lines than that. Small values give
+    short deltas, which a 135M model learns to write and close far faster: as fenced
+    SmolLM2 completions, 96 pairs at the defaults have median 388 tokens (p99 803); with
+    max_edits=1, context=1 median 128 (p99 469); see benchmarks/bench_llm.py.
 
     Raises :class:`CorpusError` when fewer than ``n`` pairs pass the filters within
     ``max_attempts`` random mutations (default ``20 n + 200``).
@@ -170,12 +192,19 @@ def build_corpus(n: int = 3000, seed: int = 0, threshold: float = DEFAULT_THRESH
     """
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be a positive integer; got {n!r}")
+    if not (isinstance(max_edits, int) and max_edits >= 1):
+        raise ValueError(f"max_edits must be a positive integer; got {max_edits!r}")
+    if not (isinstance(context, int) and context >= 0):
+        raise ValueError(f"context must be a non-negative integer; got {context!r}")
+    if max_changed is not None and not (isinstance(max_changed, int) and max_changed >= 1):
+        raise ValueError(f"max_changed must be None or a positive integer; got {max_changed!r}")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold is a Jaccard similarity in (0, 1]; got {threshold!r}")
-    path = cache_root() / "corpus" / f"seed{seed}-n{n}-t{threshold:g}-{sources_hash()[:16]}.json"
+    path = cache_root() / "corpus" / f"seed{seed}-n{n}-t{threshold:g}-e{max_edits}-c{context}-m{max_changed}-{sources_hash()[:16]}.json"
     if cache and path.exists():
         return [CorpusPair(*item[:4], tuple(item[4])) for item in json.loads(path.read_text())]
-    pairs = _generate(n, seed, threshold, 20 * n + 200 if max_attempts is None else max_attempts)
+    pairs = _generate(n, seed, threshold, 20 * n + 200 if max_attempts is None else max_attempts,
+                      max_edits, context, max_changed)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

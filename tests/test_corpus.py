@@ -85,3 +85,33 @@ def test_full_default_corpus_round_trips():
     assert len(full) == 3000
     for p in full:
         assert apply_delta(p.before, p.delta).code == p.after
+
+
+def test_short_delta_settings_give_single_edits_with_small_context():
+    short = corpus.build_corpus(12, seed=3, cache=False, max_edits=1, context=1, max_changed=4)
+    assert len(short) == 12
+    for p in short:
+        assert sum(1 for i in p.choices if i) == 1
+        assert corpus.changed_lines(p.delta) <= 4
+        assert apply_delta(p.before, p.delta).code == p.after
+        # context 1: no hunk opens with two unchanged lines before its first change
+        for hunk in p.delta.split("@@")[2::2]:
+            body = hunk.split("\n")[1:]
+            assert not (body[0].startswith(" ") and body[1].startswith(" "))
+    default_lengths = sorted(corpus.changed_lines(p.delta) for p in corpus.build_corpus(12, seed=3, cache=False))
+    assert default_lengths[-1] > 4  # the cap does bite: the default corpus has longer deltas
+
+
+def test_cache_key_names_the_short_delta_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv(corpus.CACHE_ENV, str(tmp_path))
+    default = corpus.build_corpus(4, seed=3)
+    short = corpus.build_corpus(4, seed=3, max_edits=1, context=1, max_changed=4)
+    assert default != short
+    assert len(list((tmp_path / "corpus").glob("seed3-n4-*.json"))) == 2
+    assert corpus.build_corpus(4, seed=3, max_edits=1, context=1, max_changed=4) == short
+
+
+def test_bad_short_delta_settings_fail_clearly():
+    for bad in ({"max_edits": 0}, {"context": -1}, {"max_changed": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            corpus.build_corpus(3, cache=False, **bad)

@@ -261,3 +261,12 @@ def test_elite_completion_is_the_extracted_answer(tokenizer):
     assert "Hope" not in sampler.completion_for(raw) and sampler.completion_for(raw).startswith("```diff\n")
     with pytest.raises(ValueError, match="no delta answer"):
         sampler.completion_for("I would add a layer.")
+
+
+def test_corpus_pairs_are_trained_in_the_elites_format(tokenizer):
+    sampler = make_sampler(tokenizer)
+    for (prompt, completion), item in zip(sampler.corpus_examples(), CORPUS):
+        assert prompt == sampler.prompt_for(item[1])
+        # the same text an elite with this delta would be trained on
+        assert completion == sampler.completion_for(item[3])
+        assert completion == "```diff\n" + item[3] + "```"

@@ -11,7 +11,7 @@ from cem_nas.records import TaskSpec
 MODES = ("delta", "full")
 
 #: Version of the templates below; part of the warm-start cache key, bump on any change.
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 
 _TASK = (
     "Dataset: {dataset}. The network gets input tensors of shape (batch, {c}, {h}, {w}) "
@@ -21,8 +21,8 @@ _TASK = (
 _INSTRUCTION = {
     "delta": (
         "Propose one small change to this architecture that could raise its accuracy after "
-        "one epoch of training. Answer with a unified diff of net.py only (--- a/net.py, "
-        "+++ b/net.py, @@ hunks with exact context lines) inside one ```diff block, "
+        "one epoch of training. Answer with a unified diff of net.py only (@@ hunks with "
+        "exact context lines, - removed and + added lines) inside one ```diff block, "
         "with no explanation."
     ),
     "full": (
