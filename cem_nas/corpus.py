@@ -114,7 +114,7 @@ def random_choices(rng: np.random.Generator, applicable: dict[int, list[int]], m
 def changed_lines(diff: str) -> int:
     """Number of removed plus added lines of a unified diff (headers not counted).
 
-    >>> changed_lines("--- a/net.py\n+++ b/net.py\n@@ -1 +1 @@\n-a\n+b\n")
+    >>> changed_lines("--- a/net.py\\n+++ b/net.py\\n@@ -1 +1 @@\\n-a\\n+b\\n")
     2
     """
     return sum(1 for line in diff.splitlines()
