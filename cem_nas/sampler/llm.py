@@ -237,7 +237,7 @@ class LLMSampler:
         with probability proportional to its number of pairs (so pairs are equally likely).
 
         ``elite_nll_*`` here is the corpus' mean completion NLL before/after (on up to 8
-        examples); when the adapter came from the cache, the stats saved with it.
+        pairs of the baseline with the most pairs); when the adapter came from the cache, the stats saved with it.
         """
         target = self.warm_start_dir()
         if self.warm.cache and (target / "warm_start.json").is_file():
@@ -251,14 +251,16 @@ class LLMSampler:
             raise ValueError(
                 f"no warm-start example fits in LoRASettings.max_length={self.lora.max_length} tokens; raise it"
             )
-        probe = encoded[:8]
-        before = self._nll(probe)
         # one baseline per step: the batch shares its prompt, which the shared-prompt loss
         # path then encodes once (a step costs ~ its completions, not batch x prompt)
         groups: dict[tuple, list] = {}
         for e in encoded:
             groups.setdefault(tuple(e[0][: lora_sft.prompt_length(e[1])]), []).append(e)
         members = list(groups.values())
+        # the probe is the largest baseline's pairs: on CPU a ~800-token prompt forward
+        # costs seconds, so 8 pairs under one prompt cost 2 of them, not 8
+        probe = max(members, key=len)[:8]
+        before = self._nll(probe)
         weights = np.array([len(m) for m in members], dtype=float) / len(encoded)
 
         def draw(rng: np.random.Generator) -> list:
