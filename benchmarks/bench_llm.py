@@ -90,6 +90,7 @@ def bench_mode(mode: str, loaded, args) -> dict:
         "samples": len(proposals),
         "status_counts": {s: statuses.count(s) for s in sorted(set(statuses))},
         "valid_share": statuses.count("ok") / max(len(statuses), 1),
+        "distinct_valid": len({code for _, code in ok}),
         "completion_tokens_median": statistics.median(p.completion_tokens for p in proposals) if proposals else 0,
         "tokens_per_s_batched": tokens / seconds if seconds else float("nan"),
         "tokens_per_s_batch1": single_rate,

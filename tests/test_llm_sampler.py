@@ -218,19 +218,15 @@ def test_bad_settings_are_refused(tokenizer):
 def test_embedded_smollm2_warm_start_update_and_proposals():
     """The embedded model after the (cached) warm start writes fenced unified diffs.
 
-    Uses the settings of ``python -m benchmarks.bench_llm --warm-steps 12`` so both share
-    the cached adapter (a cold warm start took 36 min on the loaded 2-core box). With
-    this short warm start the deltas parse but did not yet apply (0 of 16 in the
-    benchmark), so the apply share is reported, not asserted; the update is asserted.
+    Uses the default warm start, as ``python -m benchmarks.bench_llm`` does, so both share
+    the cached adapter (cold: ~8 min on this 2-core box). After a 32-step warm start on
+    the short-delta corpus the benchmark saw 21 of 24 deltas apply and build, so at least
+    one of 8 applying is asserted here.
     """
     from cem_nas import zoo
     from cem_nas.delta import DeltaError, apply_delta
 
-    sampler = LLMSampler(
-        TASK, "smollm2", device="cpu",
-        warm_start=WarmStartSettings(corpus_size=48, steps=12, batch_size=4),
-        generation=GenerationSettings(batch_size=8, temperature=0.7),
-    )
+    sampler = LLMSampler(TASK, "smollm2", device="cpu")
     warm = sampler.warm_start()
     assert warm.elite_nll_after < warm.elite_nll_before
     baselines = [Baseline(n, zoo.source(n)) for n in zoo.names()]
@@ -246,6 +242,7 @@ def test_embedded_smollm2_warm_start_update_and_proposals():
         except DeltaError:
             pass
     print(f"parsed {len(parsed)}/8, applied {applied}/8")
+    assert applied >= 1
     elites = [Elite(f"c{i}", pr, c, 1.0, 0) for i, (pr, c) in enumerate(sampler.corpus_examples()[:2])]
     stats = sampler.update(elites)
     assert stats.steps == sampler.lora.steps and stats.elite_nll_after < stats.elite_nll_before
