@@ -212,6 +212,9 @@ def test_bad_settings_are_refused(tokenizer):
     with pytest.raises(ValueError, match="target modules"):
         LLMSampler(TASK, tiny_model(tokenizer), lora=LoRASettings(target_modules=["nope"]),
                    warm_start=WarmStartSettings(enabled=False))
+    for bad in ({"max_edits": 0}, {"context": -1}, {"max_changed": -1}, {"lr": 0.0}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match="WarmStartSettings"):
+            WarmStartSettings(**bad)
 
 
 @pytest.mark.slow

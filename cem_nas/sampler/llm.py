@@ -74,8 +74,8 @@ class WarmStartSettings:
     """Grammar coordinates one corpus pair changes (1..max_edits): single edits give short deltas."""
     context: int = 1
     """Context lines of each corpus delta (1: short completions, still enough to anchor a hunk)."""
-    max_changed: int | None = 4
-    """Drop corpus pairs whose delta removes plus adds more lines than this (None: keep all)."""
+    max_changed: int = 4
+    """Drop corpus pairs whose delta removes plus adds more lines than this (0: keep all)."""
     steps: int = 24
     """Optimiser steps of the warm start."""
     batch_size: int = 4
@@ -85,6 +85,12 @@ class WarmStartSettings:
     format in tens of steps at 1e-3 to 3e-3)."""
     cache: bool = True
     """Reuse (and write) the warm-started adapter under the user cache."""
+
+    def __post_init__(self) -> None:
+        if self.corpus_size < 1 or self.max_edits < 1 or self.context < 0 or self.max_changed < 0:
+            raise ValueError(f"WarmStartSettings needs corpus_size>=1, max_edits>=1, context>=0, max_changed>=0; got {self}")
+        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"WarmStartSettings needs steps>=0, batch_size>=1, lr>0; got {self}")
 
 
 class _FenceStop:
@@ -189,7 +195,7 @@ class LLMSampler:
 
             w = self.warm
             self._corpus = build_corpus(w.corpus_size, w.corpus_seed, max_edits=w.max_edits, context=w.context,
-                                        max_changed=w.max_changed)
+                                        max_changed=w.max_changed or None)
         # through completion_for, as elites are: one format (extract_delta's) for both
         return [(self.prompt_for(item[1]), self.completion_for(item[3] if self.mode == "delta" else item[2]))
                 for item in self._corpus]
