@@ -355,12 +355,14 @@ def build_sampler(cfg: RunConfig, task: Any) -> Any:
 
 
 def make_pool(cfg: RunConfig, dataset: Any, protect: tuple[str, ...] = ()) -> Any:
-    """The evaluation executor: a local sandbox pool (dask is not built yet).
+    """The evaluation executor: a local sandbox pool, or a Dask cluster of them.
 
     ``protect``: directories candidate code may not read (the run directory).
     """
     if cfg.executor.kind == "dask":
-        raise ConfigError("executor.kind = 'dask' is not available yet in this version; use executor.kind = 'local'")
+        from cem_nas.distributed import make_pool as make_dask_pool
+
+        return make_dask_pool(cfg, protect)
     from cem_nas.evaluate import EvaluationPool
 
     return EvaluationPool(dataset, cfg.proxy, workers=cfg.executor.workers, protect=protect)

@@ -126,7 +126,7 @@ class ExecutorSettings:
     workers: int = 2
     """Local sandbox workers (parallel evaluations)."""
     scheduler: str = ""
-    """Dask scheduler address (tcp://host:8786) for executor kind dask."""
+    """Dask scheduler address (tcp://host:8786) for executor kind dask; empty or 'local' starts a local cluster of `workers` processes."""
 
 
 @dataclass
@@ -425,8 +425,6 @@ def validate(cfg: RunConfig) -> RunConfig:
             right = ("inf" if hi is None else str(hi)) + (")" if hi_open or hi is None else "]")
             raise ConfigError(f"{path} = {value!r} is out of range; allowed {left}, {right}")
     _recheck(cfg, "")
-    if cfg.executor.kind == "dask" and not cfg.executor.scheduler:
-        raise ConfigError("executor.scheduler is empty; executor kind dask needs a scheduler address (tcp://host:8786)")
     for spec in cfg.hooks.user:
         if ":" not in spec:
             raise ConfigError(f"hooks.user entry {spec!r} must look like 'package.module:Class'")

@@ -178,7 +178,9 @@ class DaskEvaluationPool:
     each, closed with the pool. ``max_retries``: for the local cluster, how many worker
     deaths a candidate survives before it is ``worker_lost`` (Dask's
     ``distributed.scheduler.allowed-failures``; a remote scheduler uses its own setting).
-    ``min_workers`` workers must have joined within ``start_timeout`` seconds.
+    ``min_workers`` workers must have joined within ``start_timeout`` seconds; a scheduler
+    that does not answer within ``connect_timeout`` seconds is :class:`SchedulerLost` (a
+    live scheduler answers in milliseconds, so a run should not wait minutes to say so).
 
     >>> # with DaskEvaluationPool(DatasetSpec("mnist5k", max_train=1000), EvalSettings(),
     >>> #                         scheduler="tcp://10.0.0.5:8786") as pool:
@@ -188,7 +190,7 @@ class DaskEvaluationPool:
     def __init__(self, data: DatasetSpec, settings: EvalSettings | None = None, *, scheduler: str | None = None,
                  workers: int = 2, threads_per_worker: int = 1, cache: EvaluationCache | None = None,
                  protect: Sequence[str] = (), max_retries: int = 1, min_workers: int = 1,
-                 start_timeout: float = 300.0) -> None:
+                 start_timeout: float = 300.0, connect_timeout: float = 30.0) -> None:
         if not isinstance(data, DatasetSpec):
             raise TypeError(f"data must be a DatasetSpec (the dataset is loaded on each worker), "
                             f"got {type(data).__name__}")
@@ -218,7 +220,7 @@ class DaskEvaluationPool:
                 min_workers = workers
             else:
                 try:
-                    self._client = Client(scheduler, timeout=start_timeout)
+                    self._client = Client(scheduler, timeout=min(connect_timeout, start_timeout))
                 except OSError as exc:
                     raise SchedulerLost(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
             self._client.register_plugin(EvaluationPlugin(data, self.settings, tuple(str(p) for p in protect)),

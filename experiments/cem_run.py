@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cem_nas import config as C
 from cem_nas.cem import run_search
+from cem_nas.distributed import SchedulerLost
 from cem_nas.store import RunStore, StoreError, load
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
@@ -86,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except (C.ConfigError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SchedulerLost as e:
+        # the cycle in progress was not stored; state.json still marks the last complete one
+        where = resume_dir or Path(cfg.run.runs_dir) / cfg.run.name
+        print(f"error: {e}\nCompleted cycles are kept; restart the scheduler and continue with --resume {where}",
+              file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         where = resume_dir or Path(cfg.run.runs_dir) / cfg.run.name
         print(f"\ninterrupted; completed cycles are kept. Continue with --resume {where}", file=sys.stderr)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cem_nas import zoo
+from experiments import cem_run
 from cem_nas.cem import CEM, build_sampler, make_pool, select_elites
 from cem_nas.config import ConfigError, RunConfig, apply_overrides, to_toml
 from cem_nas.data import load_dataset
@@ -227,10 +228,12 @@ def test_select_elites_without_valid_candidates():
     assert select_elites([], 0.5)[0] == [] and math.isnan(select_elites([], 0.5)[1])
 
 
-def test_dask_executor_is_refused_clearly(tmp_path):
-    cfg = small_config(tmp_path, **{"executor.kind": "dask", "executor.scheduler": "tcp://h:8786"})
-    with pytest.raises(ConfigError, match="dask' is not available yet"):
-        make_pool(cfg, None)
+def test_lost_dask_scheduler_stops_the_run_cleanly_and_says_how_to_resume(tmp_path, capsys):
+    # nothing listens on port 1: the run must end with a message, not a traceback
+    code = cem_run.main(["--sampler", "grammar", "--executor", "dask", "--executor.scheduler", "tcp://127.0.0.1:1",
+                         "--runs-dir", str(tmp_path), "--name", "lost", "--progress", "false"])
+    assert code == 3
+    assert f"--resume {tmp_path / 'lost'}" in capsys.readouterr().err
 
 
 def test_unknown_baseline_is_refused(tmp_path):

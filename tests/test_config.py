@@ -63,7 +63,7 @@ def test_wrong_type_in_toml_names_the_field(tmp_path):
     ("search.cycles", "0", r"search.cycles = 0 is out of range; allowed \[1, inf\)"),
     ("sampler.kind", "gpt", "sampler.kind = 'gpt' is not allowed; choose one of llm, grammar"),
     ("sampler.lora.rank", "0", r"\[sampler.lora\] LoRASettings needs rank>=1"),
-    ("executor.kind", "dask", "executor.scheduler is empty"),
+    ("executor.kind", "ray", "executor.kind = 'ray' is not allowed; choose one of local, dask"),
 ])
 def test_bad_values_name_the_field_and_range(path, value, match):
     with pytest.raises(C.ConfigError, match=match):
