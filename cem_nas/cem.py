@@ -107,6 +107,8 @@ class CEM:
         """One CE iteration: sample, score, select, update (see the module docstring)."""
         seconds: dict[str, float] = {}
         baselines = self.baselines()
+        # drift is read off the distribution the proposals are drawn from, before its update
+        neutral_diversity = float(getattr(self.sampler, "neutral_diversity", math.nan))
         with timed(seconds, "sample"):
             proposals = self.sample(baselines, self.cfg.search.candidates)
         by_name = {b.name: b for b in baselines}
@@ -122,7 +124,7 @@ class CEM:
             stats = self.update(t, elites, proposals)
         return CycleRecord(cycle=t, candidates=cands, gamma=gamma, update=stats, seconds=seconds,
                            baselines=[b.name for b in baselines], alpha=float(getattr(self.sampler, "alpha", math.nan)),
-                           replicates=self.cfg.search.replicate_seeds)
+                           replicates=self.cfg.search.replicate_seeds, neutral_diversity=neutral_diversity)
 
     def baselines(self) -> list[Baseline]:
         """The parents of this cycle: the zoo, or in refine mode the best candidates so far."""

@@ -77,6 +77,7 @@ class CycleRecord:
     baselines: list[str]
     alpha: float = NAN  # the sampler's known smoothing step; NaN when it has none (LLM)
     replicates: int = 1  # replicate proxy runs per replicated candidate (rep dim length)
+    neutral_diversity: float = NAN  # of the sampler's neutral control coordinate; NaN when it has none
 
     def scores(self) -> np.ndarray:
         return np.array([c.score for c in self.candidates], dtype=float)
@@ -232,6 +233,8 @@ class Instrumentation(Hook):
         "elite_nll_after": ("nat/token", "mean NLL of the elite completions after the update"),
         "tokens_per_proposal": ("token", "mean completion tokens per proposal"),
         "lines_per_proposal": ("line", "mean lines of the sampler's output per proposal (delta or file)"),
+        "neutral_diversity": ("1", "Gini-Simpson diversity 1 - sum P^2 of the sampler's neutral control "
+                              "coordinate when the cycle was sampled (drift); NaN without one"),
         "seconds_sample": ("s", "wall time of sampling the proposals"),
         "seconds_apply": ("s", "wall time of applying deltas, syntax and novelty checks"),
         "seconds_evaluate": ("s", "wall time of proxy training and scoring"),
@@ -285,6 +288,7 @@ class Instrumentation(Hook):
         out.update(update_loss_before=u.loss_before, update_loss_after=u.loss_after,
                    elite_nll_before=u.elite_nll_before, elite_nll_after=u.elite_nll_after)
         out.update(proposal_sizes(record, self.mode))
+        out["neutral_diversity"] = record.neutral_diversity
         for phase in ("sample", "apply", "evaluate", "update"):
             out[f"seconds_{phase}"] = float(record.seconds.get(phase, NAN))
         self.previous = {"p_E": p, "q_E": q}

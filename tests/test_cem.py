@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cem_nas import zoo
+from cem_nas import mutations, zoo
 from experiments import cem_run
 from cem_nas.cem import CEM, build_sampler, make_pool, select_elites
 from cem_nas.config import ConfigError, RunConfig, apply_overrides, to_toml
@@ -65,6 +65,10 @@ def test_grammar_run_store_is_complete(grammar_run):
     # the grammar update is exact CE: it can only raise the elites' likelihood
     assert (ds.elite_nll_after <= ds.elite_nll_before + 1e-12).all()
     assert (loop.store.adapter_path(1) / "grammar_sampler.json").exists()
+    # the neutral coordinate starts uniform (maximal diversity 1 - 1/K); no update can raise it
+    k = mutations.cardinalities()[mutations.coordinate_names().index(mutations.NEUTRAL)]
+    assert ds.neutral_diversity.values[0] == pytest.approx(1 - 1 / k)
+    assert ds.neutral_diversity.values[1] <= 1 - 1 / k + 1e-12
     assert ds.attrs["sampler"] == "grammar" and "elite_fraction = 0.34" in ds.attrs["config"]
 
 

@@ -376,6 +376,22 @@ def _joint_quality(values: list[np.ndarray], marginals: np.ndarray):
     return quality, probs
 
 
+def gini_simpson_diversity(probs):
+    """Gini-Simpson diversity ``H = 1 - sum_c P(c)^2`` of a categorical distribution.
+
+    The probability that two independent draws differ (Simpson 1949, Nature 163:688);
+    0 for a distribution fixed on one value, ``1 - 1/K`` for the uniform one on K values.
+    Along the last axis.
+
+    >>> float(gini_simpson_diversity([0.25, 0.25, 0.25, 0.25]))
+    0.75
+    >>> float(gini_simpson_diversity([1.0, 0.0]))
+    0.0
+    """
+    p = np.asarray(probs, dtype=float)
+    return scalar_or_array(1.0 - np.sum(p**2, axis=-1))
+
+
 def expected_neutral_diversity(diversity0, alpha, n_elite, t):
     """Expected Gini-Simpson diversity ``1 - sum_c P_t(c)^2`` of a neutral coordinate.
 
@@ -479,7 +495,7 @@ def simulate_pbil(values, alpha, rho, iterations, n_samples, neutral_choices: in
                   "marginal probability of each coordinate's best choice (choice 0 for the neutral one)"),
         "q_opt": (("iteration", "coord"), q_opt, "elite share of each coordinate's best choice"),
         "neutral_probs": (("iteration", "neutral_choice"), neutral, "marginal of the neutral coordinate"),
-        "neutral_diversity": (("iteration",), 1.0 - np.sum(neutral**2, axis=1),
+        "neutral_diversity": (("iteration",), gini_simpson_diversity(neutral),
                               "Gini-Simpson diversity 1 - sum P^2 of the neutral coordinate"),
         "values": (("coord", "choice"), padded_values, "quality contribution of each choice"),
     }

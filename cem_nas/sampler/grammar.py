@@ -27,7 +27,7 @@ import numpy as np
 from cem_nas import mutations
 from cem_nas.delta import count_tokens, make_delta
 from cem_nas.records import Baseline, Elite, Proposal, UpdateStats
-from theory.cem import elite_frequencies, smoothed_update
+from theory.cem import elite_frequencies, gini_simpson_diversity, smoothed_update
 
 STATE_FILE = "grammar_sampler.json"
 
@@ -76,6 +76,11 @@ class GrammarSampler:
         """Current distribution of one coordinate, by choice label."""
         j = self.names.index(coordinate)
         return dict(zip(mutations.GRAMMAR[j].choices, self.probs[j, : self.sizes[j]].tolist()))
+
+    @property
+    def neutral_diversity(self) -> float:
+        """Gini-Simpson diversity of the neutral coordinate: its loss is pure genetic drift."""
+        return float(gini_simpson_diversity(self.probs[self.neutral, : self.sizes[self.neutral]]))
 
     def sample(self, rng: np.random.Generator) -> tuple[int, ...]:
         """One choice vector x ~ pi_t (coordinates independent), by inverse CDF per row."""
