@@ -43,7 +43,8 @@ from typing import Any, Sequence
 
 from distributed import WorkerPlugin
 
-from cem_nas.evaluate import EvalSettings, EvaluationCache, EvaluationPool, _dataset_id, cache_key, static_result
+from cem_nas.evaluate import (EvalSettings, EvaluationCache, EvaluationPool, _dataset_id, cache_key, complete,
+                              static_result)
 from cem_nas.records import EvalResult
 
 #: Environment setting a ``dask worker`` command needs so its workers may start processes.
@@ -274,7 +275,7 @@ class DaskEvaluationPool:
         todo = [s for s in seeds if cached[s] is None]
         fresh = [] if not todo else static_result(code, todo)
         if fresh is not None:
-            self._complete(fut, seeds, keys, cached, fresh)
+            complete(fut, self.cache, seeds, keys, cached, fresh)
             return fut
         if self._client.status != "running":
             raise SchedulerLost(f"the Dask client is {self._client.status}: the scheduler is gone")
@@ -310,22 +311,11 @@ class DaskEvaluationPool:
                 raise exc  # a harness or data problem, not the candidate's: surface it
             fresh = [EvalResult("worker_lost", f"Dask gave the candidate up after its workers died: {exc}",
                                 seed=s) for s in todo]
-        self._complete(fut, seeds, keys, cached, fresh)
+        complete(fut, self.cache, seeds, keys, cached, fresh)
 
     def _forget(self, fut: concurrent.futures.Future) -> None:
         with self._lock:
             self._pending.discard(fut)
-
-    def _complete(self, fut, seeds, keys, cached, fresh: list[EvalResult]) -> None:
-        it = iter(fresh)
-        out = []
-        for s, k in zip(seeds, keys):
-            r = cached[s]
-            if r is None:
-                r = next(it)
-                self.cache.put(k, r)
-            out.append(r)
-        fut.set_result(out)
 
     def evaluate(self, code: str, seeds: Sequence[int] = (0,)) -> list[EvalResult]:
         """Blocking :meth:`submit`."""

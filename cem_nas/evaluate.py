@@ -428,6 +428,20 @@ def worker_handle(state: dict, payload: dict, workdir: str) -> list[dict]:
 
 # ---------------------------------------------------------------------------- parent side
 
+def complete(fut: Future, cache: EvaluationCache, seeds, keys, cached: dict, fresh: list[EvalResult]) -> None:
+    """Resolve ``fut`` with one result per seed: the cached ones where ``cached[seed]`` has
+    one, the ``fresh`` ones (in seed order) elsewhere, which go into the cache."""
+    it = iter(fresh)
+    out = []
+    for s, k in zip(seeds, keys):
+        r = cached[s]
+        if r is None:
+            r = next(it)
+            cache.put(k, r)
+        out.append(r)
+    fut.set_result(out)
+
+
 def static_result(code: str, seeds: Sequence[int]) -> list[EvalResult] | None:
     """syntax_error / policy_violation results without running anything, or None."""
     try:
@@ -503,7 +517,7 @@ class EvaluationPool:
             return fut
         static = static_result(code, todo)
         if static is not None:
-            self._complete(fut, seeds, keys, cached, static)
+            complete(fut, self.cache, seeds, keys, cached, static)
             return fut
         payload = {"code": code, "seeds": todo, "settings": dataclasses.asdict(self.settings),
                    "protect": self._protect}
@@ -518,21 +532,10 @@ class EvaluationPool:
             except Exception as exc:  # a bug in the harness, not the candidate: surface it
                 fut.set_exception(exc)
                 return
-            self._complete(fut, seeds, keys, cached, fresh)
+            complete(fut, self.cache, seeds, keys, cached, fresh)
 
         inner.add_done_callback(done)
         return fut
-
-    def _complete(self, fut: Future, seeds, keys, cached, fresh: list[EvalResult]) -> None:
-        it = iter(fresh)
-        out = []
-        for s, k in zip(seeds, keys):
-            r = cached[s]
-            if r is None:
-                r = next(it)
-                self.cache.put(k, r)
-            out.append(r)
-        fut.set_result(out)
 
     def evaluate(self, code: str, seeds: Sequence[int] = (0,)) -> list[EvalResult]:
         """Blocking :meth:`submit`."""
