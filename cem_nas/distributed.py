@@ -180,8 +180,9 @@ class DaskEvaluationPool:
     deaths a candidate survives before it is ``worker_lost`` (Dask's
     ``distributed.scheduler.allowed-failures``; a remote scheduler uses its own setting).
     ``min_workers`` workers must have joined within ``start_timeout`` seconds; a scheduler
-    that does not answer within ``connect_timeout`` seconds is :class:`SchedulerLost` (a
-    live scheduler answers in milliseconds, so a run should not wait minutes to say so).
+    that does not answer within ``connect_timeout`` seconds, at the start or when the
+    client tries to reconnect after losing it, is :class:`SchedulerLost` (a live scheduler
+    answers in milliseconds, so a run should not wait minutes to say so).
 
     >>> # with DaskEvaluationPool(DatasetSpec("mnist5k", max_train=1000), EvalSettings(),
     >>> #                         scheduler="tcp://10.0.0.5:8786") as pool:
@@ -217,7 +218,7 @@ class DaskEvaluationPool:
                 with dask.config.set({"distributed.scheduler.allowed-failures": max_retries}):
                     self._cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                                                  processes=True, dashboard_address=None)
-                self._client = Client(self._cluster, timeout=start_timeout)
+                self._client = Client(self._cluster, timeout=min(connect_timeout, start_timeout))
                 min_workers = workers
             else:
                 try:
