@@ -32,8 +32,8 @@ from typing import NamedTuple
 import numpy as np
 
 from cem_nas import delta, mutations, novelty, zoo
+from cem_nas.cache import cache_root
 
-CACHE_ENV = "CEM_NAS_CACHE"
 #: (in_shape, num_classes) every kept ``after`` must build for.
 CHECK_SHAPES = (((1, 28, 28), 10), ((3, 32, 32), 10))
 #: Default novelty threshold. Mutations of one baseline share most of its file: on the
@@ -56,12 +56,6 @@ class CorpusPair(NamedTuple):
 
 class CorpusError(RuntimeError):
     """The corpus could not be built as asked."""
-
-
-def cache_root() -> Path:
-    """``$CEM_NAS_CACHE`` or ``~/.cache/cem_nas``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cem_nas"
 
 
 def sources_hash() -> str:

@@ -3,7 +3,7 @@
 ``load_dataset(name, ...)`` returns a :class:`Dataset`: float32 NCHW images normalised
 with the per-channel mean and std of the (subsetted, resized) training split, int64
 labels, the input shape and the class count. The result is cached on disk
-(``$CEM_NAS_CACHE`` or ``~/.cache/cem_nas/data``), keyed by the dataset, the options and
+(``$CEM_NAS_CACHE/data``, default ``~/.cache/cem_nas/data``), keyed by the dataset, the options and
 a fingerprint of the source files, so a run prepares each variant once.
 
 Datasets (``names()``):
@@ -61,10 +61,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cem_nas.cache import cache_root
 from cem_nas.records import TaskSpec
 
 #: Environment variable naming the cache directory.
-CACHE_ENV = "CEM_NAS_CACHE"
 #: Bumped whenever the prepared tensors would change for the same options.
 FORMAT_VERSION = 1
 #: Fraction of the bundled datasets (mnist5k, digits) held out as the test split.
@@ -541,9 +541,8 @@ def _fingerprint(source: _Source, root: Path, options: dict) -> list:
 
 
 def cache_dir() -> Path:
-    """Directory of prepared datasets: ``$CEM_NAS_CACHE`` or ``~/.cache/cem_nas/data``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cem_nas" / "data"
+    """Directory of prepared datasets: ``<cache_root()>/data``."""
+    return cache_root() / "data"
 
 
 def _save_atomic(path: Path, payload: dict) -> None:

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from cem_nas.cache import CACHE_ENV
 from cem_nas import corpus, mutations, zoo
 from cem_nas.delta import apply_delta
 from cem_nas.novelty import NoveltyArchive
@@ -51,7 +52,7 @@ def test_deterministic_prefix_and_seed_dependent(pairs):
 
 
 def test_disk_cache_round_trip(tmp_path, monkeypatch, pairs):
-    monkeypatch.setenv(corpus.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     first = corpus.build_corpus(10, seed=3)
     files = list((tmp_path / "corpus").glob("seed3-n10-*.json"))
     assert first == pairs[:10] and len(files) == 1
@@ -103,7 +104,7 @@ def test_short_delta_settings_give_single_edits_with_small_context():
 
 
 def test_cache_key_names_the_short_delta_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv(corpus.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     default = corpus.build_corpus(4, seed=3)
     short = corpus.build_corpus(4, seed=3, max_edits=1, context=1, max_changed=4)
     assert default != short

@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cem_nas.cache import CACHE_ENV
 from cem_nas import data
 
 torch.set_num_threads(1)
@@ -25,8 +26,8 @@ WNIDS = ["n01440764", "n02102040", "n02979186"]  # tench, English springer, cass
 def cache(tmp_path, monkeypatch) -> Path:
     """Every test gets its own empty cache directory."""
     folder = tmp_path / "cache"
-    monkeypatch.setenv(data.CACHE_ENV, str(folder))
-    return folder
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder / "data"
 
 
 def pixels(ds: data.Dataset, split: str = "train") -> np.ndarray:
@@ -171,7 +172,7 @@ def test_damaged_cache_is_rebuilt(cache):
 
 
 def test_cache_dir_default(monkeypatch):
-    monkeypatch.delenv(data.CACHE_ENV)
+    monkeypatch.delenv(CACHE_ENV)
     assert data.cache_dir() == Path.home() / ".cache" / "cem_nas" / "data"
 
 

