@@ -20,46 +20,16 @@ from cem_nas.config import RunConfig
 from cem_nas.data import load_dataset
 from cem_nas.distributed import DaskEvaluationPool, DatasetMismatch, DatasetSpec, SchedulerLost, dataset_fingerprint, make_pool
 from cem_nas.evaluate import EvalSettings, EvaluationPool
+from candidates import BASE, hostile
 
 torch.set_num_threads(1)
 
 SPEC = DatasetSpec("mnist5k", max_train=300, max_test=200)
 SETTINGS = EvalSettings(timeout_s=60)
 
-# A small valid LEMUR file; the marker takes one hostile or slow line in __init__.
-BASE = '''
-import torch
-from torch import nn
-
-
-def supported_hyperparameters():
-    return {'lr', 'momentum'}
-
-
-class Net(nn.Module):
-    def __init__(self, in_shape, out_shape, prm, device):
-        super().__init__()
-        self.fc = nn.Linear(in_shape[1] * in_shape[2] * in_shape[3], out_shape[0])
-        #INIT
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-    def train_setup(self, prm):
-        self.criteria = (nn.CrossEntropyLoss(),)
-        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm['lr'], momentum=prm['momentum'])
-
-    def learn(self, train_data):
-        self.train()
-        for inputs, labels in train_data:
-            self.optimizer.zero_grad()
-            self.criteria[0](self(inputs), labels).backward()
-            self.optimizer.step()
-'''
-
-
 def with_init(line: str) -> str:
-    return BASE.replace("#INIT", line)
+    """The shared valid candidate with one hostile or slow line in ``__init__``."""
+    return hostile("INIT", line)
 
 
 def sleeper(seconds: float) -> str:
