@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,6 +153,46 @@ def test_hostile_candidates_are_contained_on_the_worker(local_pool, dask_pool):
         assert got[0].status in ("policy_violation", "memory_error", "build_error"), (name, got[0])
     assert dask_pool.worker_pids() == pids  # no Dask worker died or was restarted
     assert dask_pool.evaluate(with_init("self.k = 1"))[0].status in ("ok", "low_accuracy")
+
+
+@pytest.mark.slow
+def test_no_candidate_waits_on_a_busy_worker_while_another_idles(dask_pool):
+    # the pool sends one task per sandbox slot and keeps the rest back, so each worker
+    # takes the next candidate when it frees up (as the local pool's workers do)
+    before = evaluated_per_worker(dask_pool)
+    futures = [dask_pool.submit(sleeper(1.0) + f"\nBATCH = {i}\n") for i in range(6)]
+    most = 0
+    while not all(f.done() for f in futures):
+        most = max(most, sum(len(keys) for keys in dask_pool._client.processing().values()))
+        time.sleep(0.05)
+    assert 1 <= most <= dask_pool.workers == 2
+    assert all(f.result()[0].status in ("ok", "low_accuracy") for f in futures)
+    after = evaluated_per_worker(dask_pool)
+    ran = {addr: after[addr] - before.get(addr, 0) for addr in after}
+    assert sum(ran.values()) == 6 and min(ran.values()) >= 2, ran
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_short_grammar_run_equals_the_local_run(tmp_path):
+    from cem_nas.cem import run_search
+    from cem_nas.config import apply_overrides
+    from cem_nas.store import load
+
+    def run(executor: str):
+        cfg = apply_overrides(RunConfig(), {
+            "run.name": executor, "run.runs_dir": str(tmp_path), "run.progress": "false", "sampler.kind": "grammar",
+            "data.max_train": "300", "data.max_test": "200", "search.cycles": "2", "search.candidates": "6",
+            "search.replicate_candidates": "2", "search.replicate_seeds": "2", "executor.kind": executor,
+            "executor.workers": "2"})
+        return load(run_search(cfg))
+
+    local, remote = run("local"), run("dask")
+    for name in ("status", "code", "score", "rep_score", "params", "flops", "is_elite", "gamma", "p_E"):
+        a, b = local[name].values, remote[name].values
+        same = (a == b) | (np.isnan(a) & np.isnan(b)) if a.dtype.kind == "f" else a == b
+        assert same.all(), name
+    assert (local.status.values == "ok").any()
 
 
 def evaluated_per_worker(pool) -> dict[str, int]:
