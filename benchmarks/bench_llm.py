@@ -25,6 +25,7 @@ import torch
 
 from cem_nas import zoo
 from cem_nas.delta import DeltaError, apply_delta
+from cem_nas.novelty import NoveltyArchive
 from cem_nas.records import Baseline, Elite, TaskSpec
 from cem_nas.sandbox import check_policy
 from cem_nas.sampler.llm import GenerationSettings, LLMSampler, LoRASettings, WarmStartSettings
@@ -51,6 +52,18 @@ def outcome(proposal, baseline: Baseline) -> tuple[str, str | None]:
     except Exception:  # any failure of untrusted code is a build failure here
         return "build_error", code
     return "ok", code
+
+
+def near_duplicates(codes: list[str], threshold: float) -> int:
+    """How many of ``codes`` the run's novelty filter would drop, in order, as near-copies
+    (MinHash Jaccard >= threshold) of an earlier one: the in-cycle duplicate count."""
+    archive, dropped = NoveltyArchive(threshold=threshold), 0
+    for i, code in enumerate(codes):
+        if archive.check(code)[0]:
+            archive.add(str(i), code)
+        else:
+            dropped += 1
+    return dropped
 
 
 def bench_mode(mode: str, loaded, args) -> dict:
@@ -91,6 +104,8 @@ def bench_mode(mode: str, loaded, args) -> dict:
         "status_counts": {s: statuses.count(s) for s in sorted(set(statuses))},
         "valid_share": statuses.count("ok") / max(len(statuses), 1),
         "distinct_valid": len({code for _, code in ok}),
+        f"near_duplicates_valid_at_{args.novelty_threshold}": near_duplicates([code for _, code in ok],
+                                                                             args.novelty_threshold),
         "completion_tokens_median": statistics.median(p.completion_tokens for p in proposals) if proposals else 0,
         "tokens_per_s_batched": tokens / seconds if seconds else float("nan"),
         "tokens_per_s_batch1": single_rate,
@@ -121,6 +136,8 @@ def main() -> None:
     parser.add_argument("--single", action="store_true", help="also time batch-1 generation for the ratio")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: 2 if the load average is below 3, else 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--novelty-threshold", type=float, default=0.97,
+                        help="Jaccard at which built proposals count as near-duplicates (default.toml's)")
     args = parser.parse_args()
     threads = args.threads or (2 if os.getloadavg()[0] < 3 else 1)
     torch.set_num_threads(threads)
