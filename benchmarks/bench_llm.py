@@ -70,7 +70,7 @@ def bench_mode(mode: str, loaded, args) -> dict:
     warm = WarmStartSettings(corpus_size=args.corpus, steps=args.warm_steps if mode == "delta" else args.full_warm_steps,
                              batch_size=args.warm_batch, lr=args.warm_lr, max_edits=args.max_edits,
                              context=args.context, max_changed=args.max_changed)
-    generation = GenerationSettings(batch_size=args.gen_batch, temperature=args.temperature)
+    generation = GenerationSettings(batch_size=args.gen_batch, temperature=args.temperature, few_shot=args.few_shot)
     if args.max_new_tokens:
         generation.max_new_tokens = args.max_new_tokens
     sampler = LLMSampler(TASK, loaded, mode=mode, warm_start=warm, lora=LoRASettings(steps=args.update_steps),
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--update-steps", type=int, default=lora.steps)
     parser.add_argument("--gen-batch", type=int, default=gen.batch_size)
     parser.add_argument("--temperature", type=float, default=gen.temperature)
+    parser.add_argument("--few-shot", type=int, default=gen.few_shot, help="corpus example deltas per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="delta-mode token budget (0: the default)")
     parser.add_argument("--single", action="store_true", help="also time batch-1 generation for the ratio")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: 2 if the load average is below 3, else 1)")

@@ -270,3 +270,23 @@ def test_corpus_pairs_are_trained_in_the_elites_format(tokenizer):
         # the same text an elite with this delta would be trained on
         assert completion == sampler.completion_for(item[3])
         assert completion == "```diff\n" + item[3] + "```"
+
+
+def test_few_shot_prompts_show_other_baselines_deltas(tokenizer):
+    sampler = make_sampler(tokenizer, generation=GenerationSettings(max_new_tokens=4, batch_size=4, few_shot=1))
+    baselines = [Baseline("a", CODE_A), Baseline("b", CODE_B)]
+    proposals = sampler.propose(baselines, 4, np.random.default_rng(3))
+    for p in proposals:
+        # the example is the other baseline's corpus delta, never the file's own
+        own, other = (DELTA_A, DELTA_B) if p.baseline == "a" else (DELTA_B, DELTA_A)
+        assert other in p.prompt and own not in p.prompt
+        code = CODE_A if p.baseline == "a" else CODE_B
+        assert p.prompt == sampler.prompt_for(code, [other])
+    again = sampler.propose(baselines, 4, np.random.default_rng(3))
+    assert [p.prompt for p in again] == [p.prompt for p in proposals]
+    # without few-shot the prompt is the plain template (the warm-start cache stays valid)
+    plain = make_sampler(tokenizer)
+    assert plain.propose(baselines[:1], 1, np.random.default_rng(3))[0].prompt == plain.prompt_for(CODE_A)
+    assert "Examples" not in plain.prompt_for(CODE_A)
+    with pytest.raises(ValueError, match="few_shot"):
+        GenerationSettings(few_shot=-1)

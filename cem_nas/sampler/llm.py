@@ -52,10 +52,16 @@ class GenerationSettings:
     """Prompts generated together (left-padded)."""
     repetition_penalty: float = 1.0
     """transformers' repetition penalty; 1.0 disables it."""
+    few_shot: int = 0
+    """Warm-start corpus deltas of other baselines shown in each prompt as examples, drawn
+    afresh per proposal (0: none). Different examples condition each proposal differently,
+    which spreads the edits; prompts grow by ~100 tokens per example."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.batch_size < 1:
             raise ValueError(f"GenerationSettings needs temperature>=0, 0<top_p<=1, top_k>=0, batch_size>=1; got {self}")
+        if self.few_shot < 0:
+            raise ValueError(f"few_shot must be >= 0; got {self.few_shot}")
         if self.max_new_tokens < 1 or self.max_new_tokens_full < 1:
             raise ValueError(f"max_new_tokens and max_new_tokens_full must be >= 1; got {self}")
 
@@ -169,9 +175,30 @@ class LLMSampler:
         self.warm_stats: UpdateStats | None = None
 
     # -- examples -------------------------------------------------------------------
-    def prompt_for(self, code: str) -> str:
-        """The rendered prompt for a baseline's source."""
-        return render_prompt(self.tokenizer, self.task, code, self.mode)
+    def prompt_for(self, code: str, examples: list[str] | tuple = ()) -> str:
+        """The rendered prompt for a baseline's source (with few-shot example deltas)."""
+        return render_prompt(self.tokenizer, self.task, code, self.mode, examples)
+
+    def _corpus_items(self) -> list:
+        if self._corpus is None:
+            from cem_nas.corpus import build_corpus
+
+            w = self.warm
+            self._corpus = build_corpus(w.corpus_size, w.corpus_seed, max_edits=w.max_edits, context=w.context,
+                                        max_changed=w.max_changed or None)
+        return self._corpus
+
+    def few_shot_examples(self, baseline: str, rng: np.random.Generator) -> list[str]:
+        """``generation.few_shot`` corpus deltas drawn without replacement, from baselines
+        other than ``baseline`` when there are any (a delta of the same file could be
+        copied verbatim instead of inspiring an edit)."""
+        k = self.generation.few_shot
+        if not k:
+            return []
+        items = self._corpus_items()
+        others = [item for item in items if item[0] != baseline] or items
+        picks = rng.choice(len(others), size=min(k, len(others)), replace=False)
+        return [others[int(i)][3] for i in picks]
 
     def completion_for(self, text: str) -> str:
         """The fenced completion trained on, from a bare delta/file or a raw response.
@@ -190,15 +217,9 @@ class LLMSampler:
 
     def corpus_examples(self) -> list[tuple[str, str]]:
         """(prompt, completion) pairs of the warm-start corpus for this mode."""
-        if self._corpus is None:
-            from cem_nas.corpus import build_corpus
-
-            w = self.warm
-            self._corpus = build_corpus(w.corpus_size, w.corpus_seed, max_edits=w.max_edits, context=w.context,
-                                        max_changed=w.max_changed or None)
         # through completion_for, as elites are: one format (extract_delta's) for both
         return [(self.prompt_for(item[1]), self.completion_for(item[3] if self.mode == "delta" else item[2]))
-                for item in self._corpus]
+                for item in self._corpus_items()]
 
     def _encode(self, pairs) -> tuple[list, int]:
         """Encode pairs, dropping those longer than ``lora.max_length``; returns (kept, dropped)."""
@@ -361,7 +382,12 @@ class LLMSampler:
             self.warm_start()
         order = rng.permutation(len(baselines)) if baselines else []
         assigned = [int(order[i % len(baselines)]) for i in range(n)]
-        prompts = {b: self.prompt_for(baselines[b].code) for b in set(assigned)}
+        if self.generation.few_shot:  # one prompt per proposal, examples drawn in slot order
+            prompts = [self.prompt_for(baselines[b].code, self.few_shot_examples(baselines[b].name, rng))
+                       for b in assigned]
+        else:
+            shared = {b: self.prompt_for(baselines[b].code) for b in set(assigned)}
+            prompts = [shared[b] for b in assigned]
         slots = sorted(range(n), key=lambda i: assigned[i])  # equal prompts share a batch: less padding
         seed = int(rng.integers(2**62))
         proposals: list[Proposal | None] = [None] * n
@@ -372,13 +398,13 @@ class LLMSampler:
             for start in range(0, n, size):
                 batch = slots[start : start + size]
                 t0 = time.perf_counter()
-                outs = self.generate([prompts[assigned[i]] for i in batch])
+                outs = self.generate([prompts[i] for i in batch])
                 seconds = time.perf_counter() - t0
                 for i, (text, n_prompt, n_completion) in zip(batch, outs):
                     delta, code, meta = self._extract(text)
                     meta |= {"seed": seed, "batch_seconds": seconds, "batch_size": len(batch)}
                     proposals[i] = Proposal(
-                        baseline=baselines[assigned[i]].name, prompt=prompts[assigned[i]], response=text,
+                        baseline=baselines[assigned[i]].name, prompt=prompts[i], response=text,
                         delta=delta, code=code, prompt_tokens=n_prompt, completion_tokens=n_completion,
                         gen_seconds=seconds / len(batch), meta=meta,
                     )

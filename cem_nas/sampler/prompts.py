@@ -6,6 +6,8 @@ on one format.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from cem_nas.records import TaskSpec
 
 MODES = ("delta", "full")
@@ -45,21 +47,31 @@ def _ended(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def user_message(task: TaskSpec, code: str, mode: str) -> str:
+_EXAMPLES = "Examples of small changes made to other model files:\n"
+
+
+def user_message(task: TaskSpec, code: str, mode: str, examples: Sequence[str] = ()) -> str:
     """The instruction text for one baseline (before any chat template).
 
+    ``examples`` are few-shot deltas (of other files) shown before the instruction, each
+    as a fenced diff; with none the text is the plain template.
+
     >>> msg = user_message(TaskSpec("mnist5k", (1, 28, 28), 10), "x = 1", "delta")
-    >>> "(batch, 1, 28, 28)" in msg and "```diff" in msg
+    >>> "(batch, 1, 28, 28)" in msg and "```diff" in msg and "Examples" not in msg
+    True
+    >>> "```diff\\n-a\\n+b\\n```" in user_message(TaskSpec("m", (1, 2, 2), 3), "x = 1", "delta", ["-a\\n+b"])
     True
     """
     c, h, w = task.in_shape
     head = _TASK.format(dataset=task.dataset, c=c, h=h, w=w, k=task.num_classes, code=_ended(code))
+    if examples:
+        head += _EXAMPLES + "".join(format_completion("delta", e) + "\n" for e in examples)
     return head + _INSTRUCTION[check_mode(mode)]
 
 
-def render_prompt(tokenizer, task: TaskSpec, code: str, mode: str) -> str:
+def render_prompt(tokenizer, task: TaskSpec, code: str, mode: str, examples: Sequence[str] = ()) -> str:
     """The full prompt text: the model's chat template when it has one, else a plain frame."""
-    message = user_message(task, code, mode)
+    message = user_message(task, code, mode, examples)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=False
