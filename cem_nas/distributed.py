@@ -178,6 +178,14 @@ def evaluate_on_worker(plugin_name: str, fingerprint: str, code: str, seeds: lis
     return [dataclasses.asdict(r) for r in results]
 
 
+def _fail(fut: concurrent.futures.Future, exc: BaseException) -> None:
+    """Fail ``fut`` unless it is already settled (or cancelled by its caller meanwhile)."""
+    try:
+        fut.set_exception(exc)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
 class DaskEvaluationPool:
     """Candidates evaluated on a Dask cluster; a drop-in for :class:`EvaluationPool`.
 
@@ -329,22 +337,24 @@ class DaskEvaluationPool:
             if fut.done():  # cancelled by the caller while it waited
                 self._finished()
                 continue
+            if self._client.status != "running":  # a task sent now would never come back
+                self._finished()
+                _fail(fut, SchedulerLost(f"the Dask client is {self._client.status}: the scheduler is gone"))
+                continue
             task_key = f"cem-eval-{keys[0][:12]}-{next(self._counter)}"
             try:
                 dfut = self._client.submit(evaluate_on_worker, self.plugin_name, self._fingerprint, code, todo,
                                            key=task_key, pure=False)
             except (OSError, RuntimeError) as exc:
                 self._finished()
-                if not fut.done():
-                    fut.set_exception(SchedulerLost(f"cannot submit to the Dask scheduler: {exc}"))
+                _fail(fut, SchedulerLost(f"cannot submit to the Dask scheduler: {exc}"))
                 continue
 
             def done(df, fut=fut, seeds=seeds, keys=keys, cached=cached, todo=todo) -> None:
                 try:
                     self._settle(df, fut, seeds, keys, cached, todo)
                 except BaseException as exc:  # never leave the caller waiting forever
-                    if not fut.done():
-                        fut.set_exception(exc)
+                    _fail(fut, exc)
                 finally:
                     self._finished()
                     self._dispatch()

@@ -223,8 +223,9 @@ def test_embedded_smollm2_warm_start_update_and_proposals():
 
     Uses the default warm start, as ``python -m benchmarks.bench_llm`` does, so both share
     the cached adapter (cold: ~8 min on this loaded 2-core box). After the default 24-step
-    warm start on the short-delta corpus the benchmark saw 16 of 24 deltas apply and build
-    (21 of 24 after 32 steps), so at least one of 8 applying is asserted here.
+    warm start on the short-delta corpus the benchmark saw 29 of 50 deltas apply and build
+    (13 apply errors), so at least one of 8 applying is asserted here (all 8 failing at
+    that rate has probability about 0.3^8 < 1e-4).
     """
     from cem_nas import zoo
     from cem_nas.delta import DeltaError, apply_delta
