@@ -312,9 +312,9 @@ class DaskEvaluationPool:
         if now - self._slots_at > 1.0:
             try:
                 self._slots_known = max(1, int(self._client.scheduler_info(n_workers=0).get("total_threads", 0)))
-            except (OSError, RuntimeError):  # scheduler gone: the submit that follows says so
+            except (Exception, asyncio.CancelledError):  # scheduler going away: the next status check says so
                 pass
-            self._slots_at = now
+            self._slots_at = time.monotonic()
         return self._slots_known
 
     def _dispatch(self) -> None:
@@ -328,6 +328,12 @@ class DaskEvaluationPool:
         every worker take the next candidate when it frees up, as the local pool does.
         """
         while True:
+            if self._client.status != "running":  # a task sent now would never come back
+                with self._lock:
+                    waiting, self._waiting = list(self._waiting), collections.deque()
+                for fut, *_ in waiting:
+                    _fail(fut, SchedulerLost(f"the Dask client is {self._client.status}: the scheduler is gone"))
+                return
             slots = self._slots()
             with self._lock:
                 if not self._waiting or self._running >= slots:
@@ -336,10 +342,6 @@ class DaskEvaluationPool:
                 self._running += 1
             if fut.done():  # cancelled by the caller while it waited
                 self._finished()
-                continue
-            if self._client.status != "running":  # a task sent now would never come back
-                self._finished()
-                _fail(fut, SchedulerLost(f"the Dask client is {self._client.status}: the scheduler is gone"))
                 continue
             task_key = f"cem-eval-{keys[0][:12]}-{next(self._counter)}"
             try:

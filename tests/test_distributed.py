@@ -6,10 +6,13 @@ The cluster tests start a LocalCluster of 2 single-threaded worker processes on 
 they are marked slow. The default part checks arguments, data identity and the
 unreachable-scheduler path without starting a cluster.
 """
+import collections
+import concurrent.futures
 import math
 import os
 import signal
 import socket
+import threading
 import time
 
 import numpy as np
@@ -80,6 +83,27 @@ def test_fingerprint_tells_datasets_apart():
     assert dataset_fingerprint(a) != dataset_fingerprint(b)
     c = load_dataset("digits", max_train=100, max_test=50, seed=1)
     assert dataset_fingerprint(a) != dataset_fingerprint(c)
+
+
+def test_candidates_waiting_for_a_slot_fail_when_the_scheduler_is_gone():
+    # the pool holds back candidates beyond the cluster's slots; when the client has lost
+    # its scheduler they must fail with SchedulerLost at the next dispatch, not wait forever
+    class LostClient:
+        status = "closed"
+
+        def scheduler_info(self, n_workers=0):
+            raise OSError("no scheduler")
+
+    pool = object.__new__(DaskEvaluationPool)
+    pool._client, pool._lock, pool._running = LostClient(), threading.Lock(), 2
+    pool._slots_known, pool._slots_at = 2, float("-inf")
+    waiting = [concurrent.futures.Future() for _ in range(3)]
+    pool._waiting = collections.deque((f, "code", [0], ["k"], {0: None}, [0]) for f in waiting)
+    pool._dispatch()
+    for fut in waiting:
+        with pytest.raises(SchedulerLost, match="scheduler is gone"):
+            fut.result(timeout=1)
+    assert not pool._waiting
 
 
 # ------------------------------------------------------------------ on a local cluster
@@ -243,13 +267,11 @@ def test_worker_lost_after_retries_then_scheduler_lost():
 
         # the scheduler goes away while a candidate is out: the future and later submits
         # fail with SchedulerLost, and closing the pool still works
-        # (three candidates on two slots: one still waits in the pool, not at the scheduler)
-        pending = [pool.submit(sleeper(20) + f"\nP = {i}\n") for i in range(3)]
+        pending = pool.submit(sleeper(20))
         time.sleep(1)
         pool._cluster.sync(pool._cluster.scheduler.close)
-        for fut in pending:
-            with pytest.raises(SchedulerLost):
-                fut.result(timeout=120)
+        with pytest.raises(SchedulerLost):
+            pending.result(timeout=120)
         deadline = time.monotonic() + 60
         while pool._client.status == "running" and time.monotonic() < deadline:
             time.sleep(0.2)
