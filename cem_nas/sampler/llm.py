@@ -54,8 +54,10 @@ class GenerationSettings:
     """transformers' repetition penalty; 1.0 disables it."""
     few_shot: int = 0
     """Warm-start corpus deltas of other baselines shown in each prompt as examples, drawn
-    afresh per proposal (0: none). Different examples condition each proposal differently,
-    which spreads the edits; prompts grow by ~100 tokens per example."""
+    afresh per proposal (0: none); prompts grow by ~100 tokens per example. Measured with
+    the embedded model and the default warm start (trained without examples): 2 examples
+    cut the share of 50 deltas that apply and build from 0.58 to 0.08, the model copying
+    the examples' context lines. Meant for larger models or a warm start with examples."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.batch_size < 1:
