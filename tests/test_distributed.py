@@ -267,11 +267,13 @@ def test_worker_lost_after_retries_then_scheduler_lost():
 
         # the scheduler goes away while a candidate is out: the future and later submits
         # fail with SchedulerLost, and closing the pool still works
-        pending = pool.submit(sleeper(20))
+        # (three candidates on two slots: one still waits in the pool, not at the scheduler)
+        pending = [pool.submit(sleeper(20) + f"\nP = {i}\n") for i in range(3)]
         time.sleep(1)
         pool._cluster.sync(pool._cluster.scheduler.close)
-        with pytest.raises(SchedulerLost):
-            pending.result(timeout=120)
+        for fut in pending:
+            with pytest.raises(SchedulerLost):
+                fut.result(timeout=120)
         deadline = time.monotonic() + 60
         while pool._client.status == "running" and time.monotonic() < deadline:
             time.sleep(0.2)
