@@ -88,9 +88,11 @@ def bench_mode(mode: str, loaded, args) -> dict:
     tokens = sum(p.completion_tokens for p in proposals)
     seconds = sum(s for s, _ in batches)
     t1 = time.perf_counter()
-    sampler.generation.batch_size = 1  # two proposals, one at a time: the unbatched rate
-    single = sampler.propose(baselines[:1], 2, np.random.default_rng(args.seed)) if args.single else []
-    sampler.generation.batch_size = args.gen_batch
+    single = []
+    if args.single:
+        sampler.generation.batch_size = 1  # two proposals, one at a time: the unbatched rate
+        single = sampler.propose(baselines[:1], 2, np.random.default_rng(args.seed))
+        sampler.generation.batch_size = args.gen_batch
     single_rate = sum(p.completion_tokens for p in single) / (time.perf_counter() - t1) if single else float("nan")
     ok = [(p, code) for p, (s, code) in zip(proposals, outcomes) if s == "ok"]
     elites = [Elite(p.baseline, p.prompt, p.delta if mode == "delta" else code, 1.0, 0) for p, code in ok[:4]]

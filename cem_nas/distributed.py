@@ -264,7 +264,7 @@ class DaskEvaluationPool:
     @property
     def workers(self) -> int:
         """Sandbox slots over the cluster now (Dask threads = sandbox processes)."""
-        return sum(self._client.nthreads().values())
+        return int(self._client.scheduler_info(n_workers=0).get("total_threads", 0))
 
     def worker_pids(self) -> dict[str, int]:
         """Process id of each Dask worker, by address (tests kill one)."""
@@ -311,7 +311,7 @@ class DaskEvaluationPool:
         now = time.monotonic()
         if now - self._slots_at > 1.0:
             try:
-                self._slots_known = max(1, int(self._client.scheduler_info(n_workers=0).get("total_threads", 0)))
+                self._slots_known = max(1, self.workers)
             except (Exception, asyncio.CancelledError):  # scheduler going away: the next status check says so
                 pass
             self._slots_at = time.monotonic()
