@@ -523,6 +523,22 @@ def _ensure_files(name: str, source: _Source, root: Path, options: dict, downloa
         f"{source.obtain}, or pass root= the directory that holds them.")
 
 
+def missing_files(name: str, root: str | os.PathLike | None = None) -> tuple[list[str], Path, str]:
+    """What :func:`load_dataset` would have to download for ``name`` (default options).
+
+    Returns the expected paths missing under the root (empty for a bundled dataset or
+    one already on disk), the root itself, and where the files come from; it reads
+    nothing and fetches nothing, so a run can refuse early instead of failing mid-load.
+    """
+    if name not in _SOURCES:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}")
+    source = _SOURCES[name]
+    root_path = Path(root).expanduser().resolve() if root is not None else cache_dir() / "raw"
+    if source.expected is None:
+        return [], root_path, ""
+    return [p for p in source.expected(dict(source.options)) if not _present(root_path, p)], root_path, source.obtain
+
+
 def _fingerprint(source: _Source, root: Path, options: dict) -> list:
     """What identifies the source files: package version, or size and mtime of each path."""
     if source.expected is None:

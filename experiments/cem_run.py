@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 from cem_nas import config as C
+from cem_nas import preflight
 from cem_nas.cem import run_search
+from cem_nas.data import DatasetUnavailable
 from cem_nas.distributed import SchedulerLost
+from cem_nas.sampler.model import ModelNotAvailable
 from cem_nas.store import RunStore, StoreError, load
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
@@ -83,8 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg, resume_dir = resolve(args)
-        run_dir = run_search(cfg, resume_dir)
     except (C.ConfigError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # before the store, the dataset or the model is touched: a foreseeable failure costs seconds
+    found = preflight.problems(cfg)
+    for problem in found:
+        print(f"error: {problem}", file=sys.stderr)
+    if found:
+        return 2
+    try:
+        run_dir = run_search(cfg, resume_dir)
+    except (C.ConfigError, StoreError, DatasetUnavailable, ModelNotAvailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SchedulerLost as e:
