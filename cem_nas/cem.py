@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from cem_nas import zoo
 from cem_nas.config import ConfigError, RunConfig, to_toml
-from cem_nas.delta import DeltaError, apply_delta, count_lines
+from cem_nas.delta import DeltaError, apply_delta, count_lines, make_delta
 from cem_nas.hooks import Candidate, CycleRecord, Hook, Instrumentation, load_user_hook
 from cem_nas.novelty import NoveltyArchive
 from cem_nas.records import Baseline, Elite, EvalResult, Proposal, UpdateStats
@@ -121,7 +121,7 @@ class CEM:
         for c in elites:
             c.is_elite = True
         with timed(seconds, "update"):
-            stats = self.update(t, elites, proposals)
+            stats = self.update(t, elites, proposals, by_name)
         return CycleRecord(cycle=t, candidates=cands, gamma=gamma, update=stats, seconds=seconds,
                            baselines=[b.name for b in baselines], alpha=float(getattr(self.sampler, "alpha", math.nan)),
                            replicates=self.cfg.search.replicate_seeds, neutral_diversity=neutral_diversity)
@@ -207,14 +207,24 @@ class CEM:
                 c.results.extend(fut.result())
                 bar.update()
 
-    def update(self, t: int, elites: list[Candidate], proposals: list[Proposal]) -> UpdateStats:
-        """The CE step on this cycle's elites; no valid candidate means no update."""
-        if not elites:
-            return UpdateStats()
-        batch = [Elite(baseline=c.baseline, prompt=c.prompt, completion=c.response, score=c.score, cycle=t,
+    def update(self, t: int, elites: list[Candidate], proposals: list[Proposal],
+               by_name: dict[str, Baseline]) -> UpdateStats:
+        """The CE step on this cycle's elites; no valid candidate means no update.
+
+        Each elite teaches its canonical answer, not the response as written: in delta mode
+        ``make_delta(parent, code)`` with the warm start's context lines (exact ``@@``
+        headers and full context, whatever tier made the response apply), in full mode the
+        extracted file. An elite identical to its parent has no delta to teach and is left out.
+        """
+        context = self.cfg.sampler.warm_start.context
+        answers = [make_delta(by_name[c.baseline].code, c.code, context) if self.sampler.mode == "delta" else c.code
+                   for c in elites]
+        batch = [Elite(baseline=c.baseline, prompt=c.prompt, completion=answer, score=c.score, cycle=t,
                        meta={**proposals[c.cand].meta, "cand": c.cand, "parent_cycle": c.parent_cycle,
                              "code": c.code, "delta": c.delta})
-                 for c in elites]
+                 for c, answer in zip(elites, answers) if answer]
+        if not batch:
+            return UpdateStats()
         with self.progress(total=1, desc="update") as bar:
             stats = self.sampler.update(batch)
             bar.update()

@@ -75,7 +75,7 @@ class CycleRecord:
     update: UpdateStats
     seconds: dict[str, float]  # phase -> wall seconds: sample, apply, evaluate, update
     baselines: list[str]
-    alpha: float = NAN  # the sampler's known smoothing step; NaN when it has none (LLM)
+    alpha: float = NAN  # the sampler's known smoothing step; NaN when it has none (LLM without smoothing)
     replicates: int = 1  # replicate proxy runs per replicated candidate (rep dim length)
     neutral_diversity: float = NAN  # of the sampler's neutral control coordinate; NaN when it has none
 
@@ -181,8 +181,9 @@ class Instrumentation(Hook):
     q_t(E) is the share of the elites in E. The smoothing identity of mixture CE,
     ``1-p_{t+1} = alpha(1-q_t) + (1-alpha)(1-p_t)``, is checked when cycle t+1 is
     measured and stored on cycle t+1's row: ``smoothing_residual`` is the left side
-    minus the right side with the sampler's known alpha (grammar sampler). For the LLM
-    alpha is unknown; the row then holds the implied alpha
+    minus the right side with the sampler's known alpha (grammar sampler; LLM with
+    parameter smoothing). For an LLM without smoothing alpha is unknown; the row then
+    holds the implied alpha
     ``((1-p_{t+1})-(1-p_t)) / ((1-q_t)-(1-p_t))`` and no residual. The identity holds
     for the sampling distribution, so the residual of the sample shares has a sampling
     error of order sqrt(p(1-p)/N). It holds exactly only when the whole joint distribution
@@ -200,6 +201,8 @@ class Instrumentation(Hook):
         "smoothing_residual": ("1", "(1-p_t) - [alpha(1-q_{t-1}) + (1-alpha)(1-p_{t-1})]; NaN when alpha is implied"),
         "valid_rate": ("1", "share of proposals with status ok"),
         "duplicate_rate": ("1", "share of proposals with status duplicate (not trained)"),
+        "strict_rate": ("1", "share of proposals whose delta applied at the strict tier (its @@ headers exact); "
+                        "NaN in full mode"),
         "n_cand": ("count", "proposals this cycle"),
         "n_valid": ("count", "proposals with status ok"),
         "n_elite": ("count", "elites selected this cycle"),
@@ -272,6 +275,8 @@ class Instrumentation(Hook):
         out: dict[str, Any] = {
             "gamma_ref": self.gamma_ref, "p_E": p, "p_E_lo": p_lo, "p_E_hi": p_hi, "q_E": q,
             "valid_rate": float(np.mean(status == "ok")), "duplicate_rate": float(np.mean(status == "duplicate")),
+            "strict_rate": float(np.mean([c.apply_tier == "strict" for c in record.candidates]))
+            if self.mode == "delta" else NAN,
             "n_cand": float(n), "n_valid": float(len(valid)), "n_elite": float(elites.sum()),
             "score_mean": float(np.mean(valid)) if len(valid) else NAN,
             "score_median": float(np.median(valid)) if len(valid) else NAN,

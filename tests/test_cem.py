@@ -1,6 +1,7 @@
 """The CEM loop end to end: grammar sampler + real sandbox pool, a tiny random LLM, and a
 scripted sampler that produces every failure the loop must turn into a status."""
 import math
+import re
 import zlib
 from concurrent.futures import Future
 
@@ -13,7 +14,7 @@ from experiments import cem_run
 from cem_nas.cem import CEM, build_sampler, make_pool, select_elites
 from cem_nas.config import ConfigError, RunConfig, apply_overrides, to_toml
 from cem_nas.data import load_dataset
-from cem_nas.delta import make_delta
+from cem_nas.delta import apply_delta, make_delta
 from cem_nas.records import STATUSES, EvalResult, Proposal, UpdateStats
 from cem_nas.store import RunStore, load
 from theory import reliability
@@ -181,6 +182,39 @@ def test_every_failure_is_a_row_with_its_status(tmp_path):
     ds = load(loop.store.root)
     assert ds.status.values[0].tolist() == status and ds.n_rep_arch.item() == 2
     assert (ds.delta_lines.values[0, 3:] > 0).all() and ds.code.values[0, 0] == ""
+
+
+class MisnumberedSampler(ScriptedSampler):
+    """Distinct one-line edits of mlp; every other delta has its @@ line numbers off by 3."""
+
+    def propose(self, baselines, n, rng):
+        base = baselines[0]
+        out = []
+        for k in range(n):
+            edit = "".join(f"\nEXTRA_{i} = {k * 1000 + i}" for i in range(8)) + "\n"
+            delta = make_delta(base.code, base.code + edit, context=2)
+            if k % 2:
+                delta = re.sub(r"@@ -(\d+),(\d+) \+(\d+),(\d+) @@",
+                               lambda m: f"@@ -{int(m[1]) + 3},{m[2]} +{int(m[3]) + 3},{m[4]} @@", delta)
+            out.append(Proposal(base.name, f"prompt {k}", f"```diff\n{delta}```", delta=delta, completion_tokens=7))
+        return out
+
+
+def test_elites_teach_the_canonical_delta_and_the_strict_share_is_stored(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "6", "search.cycles": "1", "search.elite_fraction": "1.0",
+                                    "search.novelty_threshold": "1.0", "sampler.warm_start.context": "1"})
+    sampler = MisnumberedSampler()
+    loop = open_loop(cfg, sampler, FakePool())
+    record = loop.step()
+    assert [c.status for c in record.candidates] == ["ok"] * 6
+    assert [c.apply_tier == "strict" for c in record.candidates] == [True, False] * 3
+    base = zoo.source("mlp")
+    # whatever tier applied the response, the elite is trained on make_delta(parent, code)
+    # with the warm start's context: exact headers, and it applies at the strict tier
+    for e in sampler.updates[0]:
+        assert e.completion == make_delta(base, e.meta["code"], context=1) != e.meta["delta"]
+        assert apply_delta(base, e.completion).tier == "strict"
+    assert float(load(loop.store.root).strict_rate.item()) == 0.5
 
 
 def test_refine_mode_uses_the_best_candidates_as_baselines(tmp_path):

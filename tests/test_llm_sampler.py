@@ -156,6 +156,26 @@ def test_update_raises_elite_likelihood(tokenizer):
     assert [r["score"] for r in sampler.replay] == [0.9, 0.8] and sampler.updates == 1
 
 
+def test_parameter_smoothing_blends_the_fit_with_the_previous_adapter(tokenizer):
+    plain, smoothed = make_sampler(tokenizer, steps=5), make_sampler(tokenizer, steps=5)
+    smoothed.lora.smoothing = 0.25
+    before = lora_sft.trainable_state(smoothed.model)
+    plain.update(elites_for(plain))
+    stats = smoothed.update(elites_for(smoothed))
+    # same seed, same draws: the smoothed sampler fitted what the plain one kept, then moved a quarter of the way
+    fit = lora_sft.trainable_state(plain.model)
+    after = lora_sft.trainable_state(smoothed.model)
+    assert any(not torch.equal(fit[k], before[k]) for k in fit)
+    for k in fit:
+        assert torch.allclose(after[k], 0.25 * fit[k] + 0.75 * before[k], atol=1e-6)
+    encoded, _ = smoothed._encode([(e.prompt, smoothed.completion_for(e.completion)) for e in elites_for(smoothed)])
+    assert stats.elite_nll_after == pytest.approx(smoothed._nll(encoded))  # of the adapter sampled next
+    assert smoothed.alpha == 0.25 and math.isnan(plain.alpha)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="smoothing"):
+            LoRASettings(smoothing=bad)
+
+
 def test_adapter_loads_with_plain_peft(tokenizer, tmp_path):
     from peft import PeftModel
 

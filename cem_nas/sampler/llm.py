@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -413,14 +414,25 @@ class LLMSampler:
         return proposals  # type: ignore[return-value]
 
     # -- the CE update -------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        """The CE smoothing step ``lora.smoothing`` when it is < 1 (the hooks then check the
+        smoothing identity with it); NaN without smoothing, where the step of a few SFT
+        steps is unknown and the hooks report the implied alpha instead."""
+        return float(self.lora.smoothing) if self.lora.smoothing < 1 else math.nan
+
     def update(self, elites: list[Elite]) -> UpdateStats:
         """LoRA SFT toward ``elites``, with replay of past elites and corpus pairs.
 
         Each training example is drawn as: a past elite with probability ``replay_share``
         (when the buffer has any), a corpus pair with probability ``corpus_share``, else one
-        of this cycle's elites. ``elite_nll_before/after`` is this cycle's elites' mean
-        completion-token NLL before/after (the CE objective); ``loss_before/after`` are the
-        first and last step's batch losses. The elites then join the replay buffer.
+        of this cycle's elites. With ``lora.smoothing`` alpha < 1 the fitted adapter is then
+        blended with the one before the update (:func:`~cem_nas.sampler.lora.smooth_parameters`).
+        ``elite_nll_before/after`` is this cycle's elites' mean completion-token NLL
+        before/after (the CE objective; after = of the adapter the next cycle samples from);
+        ``loss_before/after`` are the first and last step's batch losses. An elite's
+        completion should be its canonical delta (see :meth:`completion_for`). The elites
+        then join the replay buffer.
         """
         t0 = time.perf_counter()
         current, dropped = self._encode([(e.prompt, self.completion_for(e.completion)) for e in elites])
@@ -438,7 +450,10 @@ class LLMSampler:
                 batch.append(pool[int(rng.integers(len(pool)))])
             return batch
 
+        previous = lora_sft.trainable_state(self.model) if self.lora.smoothing < 1 else None
         losses = self._train(draw, self.lora.steps, self.lora.lr)
+        if previous is not None:
+            lora_sft.smooth_parameters(self.model, previous, self.lora.smoothing)
         stats = _update_stats(losses, before, self._nll(current), len(current), t0)
         self._remember(elites)
         self.updates += 1

@@ -54,6 +54,11 @@ class LoRASettings:
     """Share of each update batch drawn from the replay buffer (past elites)."""
     corpus_share: float = 0.25
     """Share of each update batch drawn from the warm-start corpus, to keep the format."""
+    smoothing: float = 1.0
+    """CE smoothing step alpha on the adapter itself: after the update's steps fit
+    theta_fit, the adapter becomes alpha * theta_fit + (1 - alpha) * theta_t (each LoRA
+    matrix blended separately); 1 keeps theta_fit. The sampler reports it as its alpha
+    for the hooks' smoothing-identity check. In (0, 1]."""
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.steps < 0 or self.batch_size < 1 or self.max_length < 2:
@@ -63,6 +68,8 @@ class LoRASettings:
                 "replay_share and corpus_share must be >= 0 with a sum below 1 (the rest are this "
                 f"cycle's elites); got {self.replay_share} and {self.corpus_share}"
             )
+        if not 0 < self.smoothing <= 1:
+            raise ValueError(f"smoothing is the CE step alpha in (0, 1] (1: no smoothing); got {self.smoothing}")
 
     def adapter_fields(self) -> dict:
         """The fields that define the adapter's shape (part of the warm-start cache key)."""
@@ -237,6 +244,38 @@ def mean_completion_nll(model, encoded: Sequence, pad_id: int, device, batch_siz
             total, count = total + float(s), count + n
     model.train(was_training)
     return total / max(count, 1)
+
+
+def trainable_state(model) -> dict:
+    """Copies of the trainable (LoRA) parameters by name: theta_t before an update."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def smooth_parameters(model, previous: dict, alpha: float) -> None:
+    """In place: theta <- alpha * theta + (1 - alpha) * previous, for every trainable parameter.
+
+    The CE smoothing step ``theta_{t+1} = alpha theta_fit + (1 - alpha) theta_t``
+    ("smoothed updating", de Boer, Kroese, Mannor & Rubinstein, A Tutorial on the
+    Cross-Entropy Method, Ann. Oper. Res. 134, 2005). On a LoRA adapter the blend is per
+    matrix (A and B), so the weight change B A is not the blend of the two products.
+
+    >>> import torch
+    >>> m = torch.nn.Linear(1, 1, bias=False)
+    >>> before = trainable_state(m)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.add_(1.0)
+    >>> smooth_parameters(m, before, 0.25)
+    >>> round(float(m.weight - before["weight"]), 6)
+    0.25
+    """
+    import torch
+
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1]; got {alpha}")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.mul_(alpha).add_(previous[name].to(p.device, p.dtype), alpha=1 - alpha)
 
 
 def train_steps(
