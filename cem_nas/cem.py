@@ -97,6 +97,10 @@ class CEM:
             threshold=cfg.search.novelty_threshold, num_perm=cfg.novelty.num_perm, shingle=cfg.novelty.shingle)
         self.instrumentation = Instrumentation(cfg.hooks.gamma_ref, cfg.hooks.level, getattr(sampler, "mode", "delta"))
         self.hooks = [self.instrumentation] + (hooks if hooks is not None else [load_user_hook(s) for s in cfg.hooks.user])
+        if cfg.hooks.tensorboard:
+            from cem_nas.tensorboard import TensorBoardHook
+
+            self.hooks.append(TensorBoardHook(store.root / "tb"))
         self.state = LoopState()
         self.zoo = zoo_baselines(cfg.search.baselines)
         self.born = {}  # baseline name -> cycle it was born in (absent: zoo)
@@ -241,6 +245,9 @@ class CEM:
         for hook in self.hooks:
             values.update(hook.after_cycle(record))
             variables.update(getattr(hook, "variables", {}))
+        for hook in self.hooks:
+            if hasattr(hook, "after_values"):  # a user hook need not subclass Hook
+                hook.after_values(record, values)
         self.remember_best(record)
         ds = cycle_dataset(record, values, variables, self.attrs())
         self.store.save_adapter(t, self.sampler.save)
@@ -257,8 +264,13 @@ class CEM:
             with self.progress(total=1, desc="warm start (LoRA on the diff corpus)") as bar:
                 self.sampler.warm_start()
                 bar.update()
-        while self.state.cycles_done < total:
-            self.step()
+        try:
+            while self.state.cycles_done < total:
+                self.step()
+        finally:
+            for hook in self.hooks:
+                if hasattr(hook, "close"):
+                    hook.close()
 
     def remember_best(self, record: CycleRecord) -> None:
         """Keep the best valid candidates so far (iterative refinement's baselines)."""

@@ -137,6 +137,9 @@ class HookSettings:
     """Confidence level of every interval the instrumentation reports."""
     user: list[str] = field(default_factory=list)
     """Extra hooks by import path, 'package.module:Class' (constructed without arguments)."""
+    tensorboard: bool = False
+    """Write every cycle variable, the score histogram and the best delta of each cycle to
+    <run dir>/tb for TensorBoard (needs the optional package: pip install 'cem-nas[tensorboard]')."""
 
 
 @dataclass

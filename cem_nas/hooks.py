@@ -101,6 +101,10 @@ class Hook:
         """Named per-cycle values (floats) or per-candidate arrays for the store."""
         return {}
 
+    def after_values(self, record: CycleRecord, values: dict[str, Any]) -> None:
+        """Called once every hook's values of the cycle are known, before the cycle is
+        stored: for hooks that show a cycle rather than measure it (TensorBoard)."""
+
     def state_dict(self) -> dict:
         """JSON-able state carried across cycles (saved for resume)."""
         return {}
