@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from cem_nas.records import STATUSES, EvalResult, UpdateStats
+from cem_nas.records import SCORED, STATUSES, EvalResult, UpdateStats
 from theory import proxy, reliability
 from theory.convergence import wilson_interval
 
@@ -207,6 +207,10 @@ class Instrumentation(Hook):
         "duplicate_rate": ("1", "share of proposals with status duplicate (not trained)"),
         "strict_rate": ("1", "share of proposals whose delta applied at the strict tier (its @@ headers exact); "
                         "NaN in full mode"),
+        "chance_share": ("1", "share of the trained candidates (ok or low_accuracy) at chance: accuracy <= 1.2 x "
+                         "chance, status low_accuracy (a proxy whose runs sit at chance ranks nothing)"),
+        "chance_share_lo": ("1", "Wilson interval lower bound of chance_share"),
+        "chance_share_hi": ("1", "Wilson interval upper bound of chance_share"),
         "n_cand": ("count", "proposals this cycle"),
         "n_valid": ("count", "proposals with status ok"),
         "n_elite": ("count", "elites selected this cycle"),
@@ -287,6 +291,7 @@ class Instrumentation(Hook):
             "score_best": float(np.nanmax(scores)) if np.isfinite(scores).any() else NAN,
             "in_E": in_e,
         }
+        out.update(chance_share(status, self.level))
         out.update(self._smoothing(p, record.alpha))
         self.best_so_far = float(np.fmax(self.best_so_far, out["score_best"]))
         out["best_so_far"] = self.best_so_far
@@ -312,6 +317,17 @@ class Instrumentation(Hook):
         denominator = (1 - q0) - (1 - p0)
         implied = ((1 - p) - (1 - p0)) / denominator if denominator != 0 else NAN
         return {"alpha": implied, "smoothing_residual": NAN}
+
+
+def chance_share(status: np.ndarray, level: float) -> dict[str, float]:
+    """Share of the trained candidates whose proxy accuracy is at chance (status
+    ``low_accuracy``), with its Wilson interval; NaN when nothing was trained."""
+    n = int(np.isin(status, SCORED).sum())
+    if n == 0:
+        return {"chance_share": NAN, "chance_share_lo": NAN, "chance_share_hi": NAN}
+    k = int(np.sum(status == "low_accuracy"))
+    lo, hi = wilson_interval(k, n, level)
+    return {"chance_share": k / n, "chance_share_lo": float(lo), "chance_share_hi": float(hi)}
 
 
 def proposal_sizes(record: CycleRecord, mode: str) -> dict[str, float]:

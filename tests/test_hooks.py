@@ -102,6 +102,7 @@ def test_too_little_data_gives_nan_not_an_error():
     # no valid candidate at all
     v = Instrumentation().after_cycle(make_record(0, [math.nan, math.nan]))
     assert math.isnan(v["gamma_ref"]) and v["p_E"] == 0.0 and math.isnan(v["q_E"]) and math.isnan(v["score_mean"])
+    assert math.isnan(v["chance_share"])  # nothing trained
     # three replicate pairs: correlations, but no Fisher-z interval (needs n > 3)
     v = Instrumentation().after_cycle(make_record(0, [0.5, 0.6, 0.7], reps={0: [0.52], 1: [0.58], 2: [0.75]}))
     assert math.isfinite(v["retest_pearson"]) and math.isnan(v["retest_pearson_lo"])
@@ -113,6 +114,9 @@ def test_rates_sizes_and_state_round_trip():
     hook = Instrumentation(mode="delta")
     v = hook.after_cycle(rec)
     assert v["duplicate_rate"] == 1 / 5 and v["valid_rate"] == 2 / 5
+    # 3 trained (one low_accuracy); the duplicate and the parse error are not in the share
+    assert v["chance_share"] == 1 / 3
+    assert (v["chance_share_lo"], v["chance_share_hi"]) == pytest.approx(wilson_interval(1, 3, 0.95))
     assert v["tokens_per_proposal"] == np.mean([10, 11, 12, 13, 14])
     assert v["lines_per_proposal"] == np.mean([5, 6, 7, 8, 9])
     assert v["seconds_sample"] == 1.0 and math.isnan(v["seconds_update"])
