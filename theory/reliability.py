@@ -224,3 +224,27 @@ def correct_attenuation(r_xy, rel_x, rel_y=1.0):
         raise ValueError(f"reliabilities must be > 0 to correct attenuation; got {rel_x!r}, {rel_y!r}")
     out = r_xy / np.sqrt(rel)
     return scalar_or_array(out)
+
+
+def architectures_for_icc_width(icc, k, width, level: float = 0.95):
+    """Architectures n for an ICC(1) confidence interval of about ``width`` (full width).
+
+    Bonett (2002, Statistics in Medicine 21:1331-1335, eq. 2):
+    ``n = 1 + 8 z^2 (1 - ICC)^2 (1 + (k - 1) ICC)^2 / (k (k - 1) width^2)`` with k
+    replicates per architecture and ``z`` the two-sided normal quantile of ``level``.
+    Returned as a float (round up for a design). A CI of +-0.1 is width 0.2.
+
+    >>> round(architectures_for_icc_width(0.9, 2, 0.2), 1), round(architectures_for_icc_width(0.7, 2, 0.2), 1)
+    (14.9, 100.9)
+    """
+    level = check_level(level)
+    icc = np.asarray(icc, dtype=float)
+    k = np.asarray(k, dtype=float)
+    width = np.asarray(width, dtype=float)
+    if np.any(k < 2):
+        raise ValueError(f"k must be >= 2 replicates per architecture for an ICC; got {k!r}")
+    if np.any(~((icc >= 0) & (icc < 1))) or np.any(~(width > 0)):
+        raise ValueError(f"need 0 <= ICC < 1 and width > 0; got ICC {icc!r}, width {width!r}")
+    z = stats.norm.ppf(0.5 + level / 2.0)
+    n = 1.0 + 8.0 * z**2 * (1.0 - icc) ** 2 * (1.0 + (k - 1.0) * icc) ** 2 / (k * (k - 1.0) * width**2)
+    return scalar_or_array(n)
