@@ -1,5 +1,15 @@
-"""How good is the 1-epoch proxy? (``python -m experiments.proxy_study RUN_DIR [RUN_DIR ...]``)
+"""How good is the 1-epoch proxy? On retrained run architectures, or on published training curves.
 
+``python -m experiments.proxy_study --curves PATH [--proxy-epoch 1] [--target-epoch last|N]
+[--by dataset]`` reads training curves (a CSV export such as LEMUR's ``curves.csv.gz``, or a
+clone of ABrain-One/nn-dataset: ``cem_nas.curves``) and tests, per group, the arcsin law
+on the raw Pearson between the proxy and the target epoch, the normal-copula reading of
+the ranks, and how both move when only the top k% by target accuracy are kept
+(``analysis.proxy_curves``). Writes ``OUT/proxy_curves.nc``, two figures and
+``OUT/proxy_curves.md``; on LEMUR's six image datasets (36,365 configurations) it takes
+about 25 s here (see README).
+
+``python -m experiments.proxy_study RUN_DIR [RUN_DIR ...]``:
 Takes architectures from one or more runs - the top ``--top`` by proxy score and
 ``--random`` more drawn one per score stratum (equal-count quantile bins of the rest),
 so the study covers the whole range and not only the winners - and retrains each for
@@ -196,7 +206,21 @@ def study_dataset(acc: np.ndarray, archs: list[dict], epochs: list[int]) -> xr.D
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.proxy_study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", type=Path, nargs="+", help="run directories to take architectures from")
+    p.add_argument("runs", type=Path, nargs="*", help="run directories to take architectures from")
+    curves = p.add_argument_group("training curves (instead of run directories)")
+    curves.add_argument("--curves", type=Path, default=None, metavar="PATH",
+                        help="curves CSV (.csv/.csv.gz) or a clone of nn-dataset / its ab/nn/stat folder")
+    curves.add_argument("--proxy-epoch", type=int, default=1, help="epoch whose accuracy is the proxy (default 1)")
+    curves.add_argument("--target-epoch", default="last",
+                        help="'last' (each configuration's last stored epoch, default) or an epoch number")
+    curves.add_argument("--by", default="dataset",
+                        help="group by task, dataset, metric, nn or source_repo; 'none' pools (default dataset)")
+    curves.add_argument("--top-k", type=int, nargs="+", default=[100, 50, 25],
+                        help="ceiling truncation: percent kept, best by target accuracy (default 100 50 25)")
+    curves.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    curves.add_argument("--duplicates", choices=("error", "drop"), default="error",
+                        help="two records for one (configuration, epoch): stop with the list (default) or drop "
+                             "those configurations")
     p.add_argument("--top", type=int, default=5, help="best architectures to take (default 5)")
     p.add_argument("--random", type=int, default=5, help="stratified random architectures (default 5)")
     p.add_argument("--epochs", type=int, nargs="+", default=[1, 5],
@@ -205,13 +229,51 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="sandbox workers (default 2)")
     p.add_argument("--max-train", type=int, default=None, help="training examples (default: the run's)")
     p.add_argument("--max-test", type=int, default=None, help="test examples (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified draw")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/proxy_study)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified draw / of the bootstrap")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output directory (default RUN_DIR/proxy_study; with --curves {CURVES_OUT})")
     return p
+
+
+CURVES_OUT = Path("runs") / "proxy_curves"
+
+
+def curves_main(args: argparse.Namespace) -> int:
+    """The training-curves mode: read, study, write the report, print the summary."""
+    import time
+
+    from analysis.proxy_curves import CurveStudySettings, curve_study
+    from analysis.proxy_curves_report import claims, write_curves_report
+    from cem_nas.curves import CurvesError, read_curves
+
+    start = time.perf_counter()
+    try:
+        settings = CurveStudySettings(
+            proxy_epoch=args.proxy_epoch, target_epoch=args.target_epoch,
+            by=None if args.by == "none" else args.by, top_k=tuple(args.top_k), draws=args.bootstrap, seed=args.seed)
+        print(f"reading {args.curves}")
+        curves = read_curves(args.curves, duplicates=args.duplicates)
+    except (CurvesError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{curves.sizes['configuration']:,} configurations, {curves.attrs['records']:,} records "
+          f"({curves.attrs['dropped_duplicate_configurations']:,} dropped for duplicated epochs)")
+    study = curve_study(curves, settings)
+    path = write_curves_report(study, args.out or CURVES_OUT)
+    full = list(study["top_k"].values).index(100) if 100 in study["top_k"].values else 0
+    for claim in claims(study, full):
+        print(f"{claim.title}: {claim.verdict} - {claim.summary}")
+    print(f"written: {path}, {path.with_suffix('.nc')} and 2 figures ({time.perf_counter() - start:.1f} s)")
+    return 0
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if (args.curves is None) == (not args.runs):
+        print("error: give run directories or --curves PATH (one of the two)", file=sys.stderr)
+        return 2
+    if args.curves is not None:
+        return curves_main(args)
     if len(set(args.epochs)) < 2 or min(args.epochs) < 1 or args.seeds < 2:
         print("error: give >= 2 distinct epoch counts >= 1 (--epochs 1 5) and --seeds >= 2", file=sys.stderr)
         return 2

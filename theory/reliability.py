@@ -5,6 +5,11 @@ one-way random-effects model ``y_ij = mu + a_i + e_ij`` with ``var(a) = s2_arch`
 ``var(e) = s2_noise`` gives ``ICC(1) = s2_arch / (s2_arch + s2_noise) = SNR / (1 + SNR)``;
 the test-retest correlation of two replicates is ICC(1), and the correlation of one
 replicate with the noise-free score is ``sqrt(ICC)`` (see ``theory.proxy``).
+
+Between a proxy and a later score of the same configurations (a training curve's epoch 1
+and its last epoch), the arcsin law is tested by its gap: the observed Spearman minus
+Moran's finite-n expectation at the observed Pearson (``arcsin_gap``), and the pairs a
+study needs to resolve a gap of that size (``pairs_to_resolve``).
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from theory._checks import check_level, scalar_or_array
+from theory._checks import check_level, normal_quantile, scalar_or_array
+from theory.proxy import moran_expected_spearman
 
 
 @dataclass(frozen=True)
@@ -248,3 +254,39 @@ def architectures_for_icc_width(icc, k, width, level: float = 0.95):
     z = stats.norm.ppf(0.5 + level / 2.0)
     n = 1.0 + 8.0 * z**2 * (1.0 - icc) ** 2 * (1.0 + (k - 1.0) * icc) ** 2 / (k * (k - 1.0) * width**2)
     return scalar_or_array(n)
+
+
+def arcsin_gap(r_s, r, n):
+    """Observed Spearman minus the arcsin law's finite-n expectation at the observed Pearson.
+
+    ``gap = r_S - E_n[r_S | rho = r]``, ``E_n[r_S] = 6/(pi (n+1)) (asin r + (n-2) asin(r/2))``
+    (Moran 1948; ``theory.proxy.moran_expected_spearman``). Zero in expectation when
+    (proxy, target) is bivariate normal; a ceiling or a skewed marginal lowers the Pearson
+    more than the ranks and makes the gap positive.
+
+    >>> round(arcsin_gap(0.6, 0.6, 1000), 4)
+    0.0186
+    """
+    return scalar_or_array(np.asarray(r_s, dtype=float) - np.asarray(moran_expected_spearman(r, n)))
+
+
+def pairs_to_resolve(effect, se, n, level: float = 0.95, power: float = 0.8):
+    """Pairs needed before an effect of this size is told from zero, from its SE at n pairs.
+
+    With ``se ~ 1/sqrt(n)`` a two-sided level-``level`` z-test reaches ``power`` at
+    ``n* = n (z_{(1+level)/2} + z_power)^2 se^2 / effect^2`` (the normal-approximation
+    sample size, Cohen 1988 ch. 12; Chow, Shao & Wang 2008 sec. 3.1). Returned as a float
+    (round up for a design); inf for a zero effect.
+
+    >>> round(pairs_to_resolve(0.02, 0.01, 1000))
+    1962
+    """
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power must lie in (0, 1), e.g. 0.8; got {power!r}")
+    effect, se = np.asarray(effect, dtype=float), np.asarray(se, dtype=float)
+    if np.any(se[~np.isnan(se)] < 0) or np.any(np.asarray(n) < 1):
+        raise ValueError(f"se must be >= 0 and n >= 1; got se={se!r}, n={n!r}")
+    z = normal_quantile(level) + float(stats.norm.ppf(power))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.asarray(n, dtype=float) * (z * se / effect) ** 2
+    return scalar_or_array(out)

@@ -1,0 +1,242 @@
+"""The training-curves proxy study as a report: netCDF, figures and a markdown section.
+
+``write_curves_report(study, out)`` writes ``proxy_curves.nc``, ``proxy_curves_hexbin.png``
+(proxy vs target accuracy per group), ``proxy_curves_spearman.png`` (predicted vs
+observed Spearman and the copula difference, with CIs, for every group and ceiling
+truncation on one figure) and ``proxy_curves.md``, whose verdict lines are
+:class:`analysis.claims.Claim` lines as in the run report.
+``python -m analysis.proxy_curves_report STUDY.nc [--out DIR]`` rewrites them from a saved study.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from analysis import plots
+from analysis.claims import Claim
+from analysis.proxy_curves import PAIRED, settings_of
+from analysis.report import _fmt
+
+plt = plots.plt
+#: Marker of each ceiling truncation in the Spearman figure, by position in top_k.
+MARKERS = ("o", "s", "^", "D", "v")
+ARCSIN_TITLE = "arcsin law on the raw Pearson"
+COPULA_TITLE = "normal-copula reading"
+
+
+def _ci(study: xr.Dataset, name: str, g: int, j: int) -> str:
+    v = study[name].values
+    return f"{_fmt(v[g, j])} [{_fmt(study[name + '_lo'].values[g, j])}, {_fmt(study[name + '_hi'].values[g, j])}]"
+
+
+def _at(study: xr.Dataset, name: str, g: int, j: int) -> float:
+    return float(study[name].values[g, j])
+
+
+def _share(x: float) -> str:
+    return _fmt(100 * x, 1) + "%"
+
+
+def _tie(study: xr.Dataset, which: str, g: int, j: int) -> str:
+    """'tied share; largest block share at value' of the proxy or target values."""
+    return (f"{_share(_at(study, f'tied_share_{which}', g, j))}; {_share(_at(study, f'largest_tie_{which}', g, j))} "
+            f"at {_fmt(_at(study, f'largest_tie_value_{which}', g, j), 4)}")
+
+
+def _target_text(study: xr.Dataset, own: str = "each configuration's") -> str:
+    t = study.attrs.get("target_epoch", "last")
+    return f"{own} last stored epoch" if str(t) == "last" else f"epoch {t}"
+
+
+def claims(study: xr.Dataset, j: int = 0) -> list[Claim]:
+    """One arcsin-law and one copula claim per group at truncation index ``j`` (0 = all)."""
+    out = []
+    k = int(study["top_k"].values[j])
+    scope = "" if k == 100 else f", top {k}%"
+    for g, name in enumerate(study["group"].values.astype(str)):
+        n = int(_at(study, "n", g, j))
+        copula_verdict = str(study["verdict_copula"].values[g, j])
+        text = (f"n = {n:,}: Spearman {_ci(study, 'spearman', g, j)} vs Moran's {_fmt(_at(study, 'moran_expectation', g, j))} "
+                f"from Pearson {_fmt(_at(study, 'pearson', g, j))}; gap {_ci(study, 'gap', g, j)}; "
+                f"r_S - r {_ci(study, 'identity_gap', g, j)}")
+        if copula_verdict == "not supported" and str(study["verdict_arcsin"].values[g, j]) == "supported":
+            text += "; the copula check rejects a normal copula, so the agreement is not the law's mechanism"
+        out.append(Claim(f"arcsin_{name}_{k}", f"{name}{scope}: {ARCSIN_TITLE}", str(study["verdict_arcsin"].values[g, j]),
+                         text, {"n": n, "gap": _at(study, "gap", g, j)}))
+        text = (f"2 sin(pi r_S/6) = {_fmt(_at(study, 'copula_from_spearman', g, j))} vs sin(pi tau/2) = "
+                f"{_fmt(_at(study, 'copula_from_kendall', g, j))}; difference {_ci(study, 'copula_difference', g, j)}; "
+                f"tied proxy values {_tie(study, 'proxy', g, j)}; tied target values {_tie(study, 'target', g, j)}")
+        out.append(Claim(f"copula_{name}_{k}", f"{name}{scope}: {COPULA_TITLE}", copula_verdict, text,
+                         {"n": n, "difference": _at(study, "copula_difference", g, j)}))
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
+def curves_section(study: xr.Dataset, hexbin: str | None = None, spearman: str | None = None) -> list[str]:
+    """The study's markdown section (figure file names relative to the markdown file)."""
+    st = settings_of(study)
+    groups = study["group"].values.astype(str)
+    full = list(study["top_k"].values).index(100) if 100 in study["top_k"].values else 0
+    lines = ["## Proxy reliability on training curves", "",
+             f"Source: {study.attrs.get('curves_source', '?')} ({study.attrs.get('curves_layout', '?')}, "
+             f"{int(study.attrs.get('curves_records', 0)):,} records; "
+             f"{int(study.attrs.get('curves_dropped_duplicate_configurations', 0)):,} configurations with duplicated "
+             "epochs left out).  ",
+             f"Proxy: accuracy at epoch {st.proxy_epoch}; target: {_target_text(study)}; groups: "
+             f"{st.by or 'all configurations pooled'}; intervals: {st.level:.0%} percentile bootstrap over "
+             f"configurations ({st.draws:,} resamples, seed {st.seed}).", "",
+             "### Configurations", ""]
+    rows = [[g, f"{int(study['n_configurations'].values[i]):,}", f"{int(_at(study, 'n', i, full)):,}",
+             f"{int(study['n_no_proxy'].values[i]):,}", f"{int(study['n_cut_short'].values[i]):,}",
+             f"{int(study['n_no_target'].values[i]):,}", f"{int(study['n_epoch_zero'].values[i]):,}",
+             _fmt(float(study['median_target_epoch'].values[i]), 0)] for i, g in enumerate(groups)]
+    lines += _table(["group", "configurations", "paired", "no proxy epoch", "cut short (survivorship)",
+                     "target not stored", "numbered from epoch 0", "median target epoch"], rows)
+    lines += ["Cut-short runs (LEMUR stops a run whose accuracy falls below a bar) are not in the study, so "
+              "it describes runs that survived past the proxy epoch. Epochs are as stored: for a family "
+              "numbered from 0 the proxy epoch is its second.", ""]
+    if hexbin:
+        lines += [f"![proxy vs target]({hexbin})", ""]
+    lines += ["### Rank agreement", ""]
+    rows = [[g, f"{int(_at(study, 'n', i, full)):,}", _ci(study, "pearson", i, full), _ci(study, "spearman", i, full),
+             _ci(study, "kendall", i, full), _fmt(_at(study, "arcsin_prediction", i, full)),
+             _fmt(_at(study, "moran_expectation", i, full)), _ci(study, "gap", i, full),
+             _ci(study, "identity_gap", i, full), _fmt(_at(study, "pairs_to_resolve_gap", i, full), 0)]
+            for i, g in enumerate(groups)]
+    lines += _table(["group", "n", "Pearson", "Spearman", "Kendall tau_b", "arcsin (6/pi) asin(r/2)", "Moran at n",
+                     "gap: Spearman - Moran", "Spearman - Pearson", "pairs to resolve the gap"], rows)
+    rows = [[g, _fmt(_at(study, "copula_from_spearman", i, full)), _fmt(_at(study, "copula_from_kendall", i, full)),
+             _ci(study, "copula_difference", i, full), _tie(study, "proxy", i, full), _tie(study, "target", i, full)]
+            for i, g in enumerate(groups)]
+    lines += _table(["group", "2 sin(pi r_S/6)", "sin(pi tau/2)", "difference",
+                     "proxy: tied values; largest tie block", "target: tied values; largest tie block"], rows)
+    lines += ["### Verdicts", ""]
+    lines += [f"- {c.title}: {c.verdict_line()}" for c in claims(study, full)]
+    lines += ["", "### Ceiling truncation: the top k% by target accuracy", ""]
+    if spearman:
+        lines += [f"![predicted vs observed Spearman]({spearman})", ""]
+    rows = []
+    for i, g in enumerate(groups):
+        for j, k in enumerate(study["top_k"].values):
+            rows.append([g, f"{int(k)}%", f"{int(_at(study, 'n', i, j)):,}", _fmt(_at(study, "pearson", i, j)),
+                         _fmt(_at(study, "spearman", i, j)), _fmt(_at(study, "moran_expectation", i, j)),
+                         _ci(study, "gap", i, j), _ci(study, "copula_difference", i, j),
+                         str(study["verdict_arcsin"].values[i, j]), str(study["verdict_copula"].values[i, j])])
+    lines += _table(["group", "kept", "n", "Pearson", "Spearman", "Moran", "gap", "copula difference",
+                     ARCSIN_TITLE, COPULA_TITLE], rows)
+    lines += ["A tie block at the cut is kept or dropped whole, so 'kept' is approximate; n is what was used.", ""]
+    return lines
+
+
+def plot_hexbins(study: xr.Dataset, path: Path) -> Path:
+    """Proxy vs target accuracy of the paired configurations, one hexbin panel per group."""
+    groups = study["group"].values.astype(str)
+    cols = min(3, len(groups))
+    rows = int(np.ceil(len(groups) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    paired = study["pairing"].values.astype(str) == PAIRED
+    member = study["group_of"].values.astype(str)
+    full = list(study["top_k"].values).index(100) if 100 in study["top_k"].values else 0
+    for ax, (g, name) in zip(axes.ravel(), enumerate(groups)):
+        sel = paired & (member == name)
+        x, y = study["proxy"].values[sel], study["target"].values[sel]
+        if len(x):
+            ax.hexbin(x, y, gridsize=35, mincnt=1, bins="log", cmap="viridis")
+        ax.set(title=f"{name}: n {len(x):,}, r {_fmt(_at(study, 'pearson', g, full), 2)}, "
+                     f"r_S {_fmt(_at(study, 'spearman', g, full), 2)}",
+               xlabel=f"accuracy at epoch {study.attrs.get('proxy_epoch', 1)}",
+               ylabel=f"accuracy at {_target_text(study, own='its')}")
+    for ax in axes.ravel()[len(groups):]:
+        ax.set_axis_off()
+    fig.subplots_adjust(hspace=0.45)
+    return plots._save(fig, path)
+
+
+def plot_spearman_agreement(study: xr.Dataset, path: Path) -> Path:
+    """Left: observed Spearman vs Moran's prediction from the Pearson; right: copula difference.
+
+    Every group (colour) and ceiling truncation (marker) on one figure, with the bootstrap
+    CIs of both coordinates.
+    """
+    groups = study["group"].values.astype(str)
+    top_k = study["top_k"].values
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for g, name in enumerate(groups):
+        c = colours[g % len(colours)]
+        for j, k in enumerate(top_k):
+            px, py = _at(study, "moran_expectation", g, j), _at(study, "spearman", g, j)
+            if not np.isfinite(px):
+                continue
+            xerr = [[px - _at(study, "moran_expectation_lo", g, j)], [_at(study, "moran_expectation_hi", g, j) - px]]
+            yerr = [[py - _at(study, "spearman_lo", g, j)], [_at(study, "spearman_hi", g, j) - py]]
+            label = name if j == 0 else None
+            axes[0].errorbar(px, py, xerr=xerr, yerr=yerr, fmt=MARKERS[j % len(MARKERS)], color=c, ms=5, label=label)
+            d = _at(study, "copula_difference", g, j)
+            derr = [[d - _at(study, "copula_difference_lo", g, j)], [_at(study, "copula_difference_hi", g, j) - d]]
+            axes[1].errorbar(g + 0.2 * (j - (len(top_k) - 1) / 2), d, yerr=derr, fmt=MARKERS[j % len(MARKERS)],
+                             color=c, ms=5)
+    lims = [0, 1]
+    axes[0].plot(lims, lims, color="k", lw=0.8, ls=":", label="observed = predicted")
+    axes[0].set(title="Spearman: observed vs arcsin law (Moran at n) from the raw Pearson",
+                xlabel="predicted Spearman", ylabel="observed Spearman", xlim=lims, ylim=lims)
+    for j, k in enumerate(top_k):
+        axes[0].plot([], [], MARKERS[j % len(MARKERS)], color="grey", label=f"top {int(k)}%")
+    axes[0].legend(fontsize=7)
+    res = settings_of(study).copula_resolution
+    axes[1].axhline(0, color="k", lw=0.8, ls=":")
+    axes[1].axhspan(-res, res, color="grey", alpha=0.15)
+    axes[1].set_xticks(range(len(groups)), groups, rotation=30, fontsize=8)
+    axes[1].set(title="copula check: 2 sin(pi r_S/6) - sin(pi tau/2)", ylabel="difference")
+    return plots._save(fig, path)
+
+
+def write_curves_report(study: xr.Dataset, out: str | Path) -> Path:
+    """Write the netCDF, both figures and ``proxy_curves.md`` into ``out``; return the markdown path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "proxy_curves.nc.tmp"
+    # text as compressed character arrays: HDF5 variable-length strings cost ~20 MB for LEMUR's 36k rows
+    encoding = {k: {"zlib": True, "complevel": 4, **({"dtype": "S1"} if study[k].dtype.kind in "OU" else {})}
+                for k in study.variables}
+    study.to_netcdf(tmp, encoding=encoding)
+    os.replace(tmp, out / "proxy_curves.nc")
+    plot_hexbins(study, out / "proxy_curves_hexbin.png")
+    plot_spearman_agreement(study, out / "proxy_curves_spearman.png")
+    path = out / "proxy_curves.md"
+    path.write_text("\n".join(["# Proxy study on training curves", "",
+                               *curves_section(study, "proxy_curves_hexbin.png", "proxy_curves_spearman.png")]) + "\n")
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.proxy_curves_report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", type=Path, help="proxy_curves.nc written by experiments.proxy_study --curves")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the study's folder)")
+    args = parser.parse_args(argv)
+    try:
+        study = xr.load_dataset(args.study)
+    except (OSError, ValueError) as e:
+        print(f"error: {args.study}: cannot be read as a study netCDF ({e})", file=sys.stderr)
+        return 2
+    if "verdict_arcsin" not in study:
+        print(f"error: {args.study} is not a curves proxy study (no verdict_arcsin); write one with "
+              "python -m experiments.proxy_study --curves PATH", file=sys.stderr)
+        return 2
+    path = write_curves_report(study, args.out or args.study.parent)
+    print(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
