@@ -1,6 +1,8 @@
 """The convergence report: ``python -m analysis.report RUN_DIR [RUN_DIR ...] [--out DIR]``.
 
-Writes ``report.md`` and PNG figures. Every claim section ends with a verdict line
+Writes ``report.md``, PNG figures and ``report.html`` (the same report as one
+self-contained page: figures inline, printable, readable without the store, with the
+best architectures' deltas and lines of descent). Every claim section ends with a verdict line
 (supported / not supported / not enough data) and the numbers behind it. Inputs are
 run directories, ablation Datasets (.nc from ``experiments.ablate``) or a mix.
 """
@@ -15,7 +17,10 @@ import numpy as np
 import xarray as xr
 
 from analysis import claims as cl
-from analysis import plots
+from analysis import plots, tables
+from analysis.document import Architectures, ClaimBlock, Document, Figure, Section, Text, markdown, markdown_block
+from analysis.html import write_html
+from analysis.lineage import top_architectures
 from analysis.load import as_runs, load
 from cem_nas.store import StoreError
 
@@ -33,26 +38,9 @@ def _default_out(sources: list[Path]) -> Path:
     return common / "report"
 
 
-def _fmt(x, digits: int = 3) -> str:
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
-
-
 def claim_section(claim: cl.Claim, figure: str | None = None) -> list[str]:
     """A claim as markdown: heading, optional figure, details, verdict line."""
-    lines = [f"### {claim.title}", ""]
-    if figure:
-        lines += [f"![{claim.key}]({figure})", ""]
-    lines += [f"- {d}" for d in claim.details]
-    if claim.details:
-        lines.append("")
-    lines += [claim.verdict_line(), ""]
-    return lines
+    return markdown_block(ClaimBlock(claim, Figure(Path(figure), claim.key) if figure else None), Path("."))
 
 
 def _rate_fits(runs: xr.Dataset) -> dict:
@@ -75,137 +63,114 @@ def _replicate_pairs(runs: xr.Dataset) -> np.ndarray | None:
     return reps[np.isfinite(reps[:, 0]) & np.isfinite(reps[:, 1])][:, :2]
 
 
-def _reliability_table(pooled: cl.PooledReliability | None) -> list[str]:
-    if pooled is None:
-        return ["No architecture has two scored proxy replicates (set replicate seeds in the config).", ""]
-    icc = pooled.icc
-    rows = [
-        ("candidates in the runs", _fmt(pooled.n_candidates)),
-        ("architectures with >= 2 replicates (used)", _fmt(pooled.n_architectures)),
-        ("test-retest pairs (replicate 0 vs 1)", _fmt(pooled.n_pairs)),
-        ("ICC(1) [95% CI]", f"{_fmt(icc.icc)} [{_fmt(icc.ci_low)}, {_fmt(icc.ci_high)}]"),
-        ("SNR [95% CI]", f"{_fmt(icc.snr)} [{_fmt(icc.snr_ci_low)}, {_fmt(icc.snr_ci_high)}]"),
-        ("test-retest Pearson", _fmt(pooled.pearson)),
-        ("test-retest Spearman [95% CI]", f"{_fmt(pooled.spearman)} [{_fmt(pooled.spearman_ci[0])}, {_fmt(pooled.spearman_ci[1])}]"),
-        ("arcsin prediction (6/pi) asin(ICC/2)", _fmt(pooled.arcsin_prediction)),
-        (f"Moran expectation at n = {pooled.n_pairs}", _fmt(pooled.moran_expectation)),
-        ("test-retest Kendall tau [95% CI]", f"{_fmt(pooled.kendall)} [{_fmt(pooled.kendall_ci[0])}, {_fmt(pooled.kendall_ci[1])}]"),
-        ("copula check 2 sin(pi r_S/6) vs sin(pi tau/2)",
-         f"{_fmt(pooled.copula['copula_from_spearman'])} vs {_fmt(pooled.copula['copula_from_kendall'])}"),
-        ("Spearman(proxy, noise-free proxy) predicted from SNR", _fmt(pooled.proxy_spearman_from_snr)),
-        ("pairs needed to tell arcsin law from rho_S = rho at this ICC", _fmt(pooled.pairs_needed, 0)),
-        ("... at the largest gap (rho = 0.594)", _fmt(pooled.pairs_needed_worst, 0)),
-    ]
-    return ["| quantity | value |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows], ""]
-
-
-def _status_table(runs: xr.Dataset) -> list[str]:
-    if "status" not in runs:
-        return ["The store holds no candidates (an exact simulation?).", ""]
-    status = runs["status"].values.astype(str).ravel()
-    status = status[status != ""]
-    if not len(status):
-        return []
-    names, counts = np.unique(status, return_counts=True)
-    order = np.argsort(-counts)
-    lines = ["| status | candidates | share |", "| --- | ---: | ---: |"]
-    lines += [f"| {names[i]} | {counts[i]:,} | {100 * counts[i] / len(status):.1f}% |" for i in order]
-    return lines + [""]
-
-
 def generation_markdown(runs: xr.Dataset) -> list[str]:
     """The delta-vs-full table (one column per generation mode) as markdown lines."""
-    table = cl.generation_table(runs)
-    modes = list(table)
-    rows = [
-        ("runs", "runs", 0), ("proposals", "proposals", 0), ("valid (ok)", "valid", 0),
-        ("mean proxy accuracy (valid)", "score_mean", 3), ("best proxy accuracy", "score_best", 3),
-        ("output lines per proposal", "lines_per_proposal", 1), ("tokens per proposal", "tokens_per_proposal", 1),
-        ("output lines per valid candidate", "lines_per_valid", 1), ("tokens per valid candidate", "tokens_per_valid", 1),
-        ("generation seconds (total)", "gen_seconds", 1), ("generation seconds per valid", "gen_seconds_per_valid", 2),
-    ]
-    lines = ["| | " + " | ".join(modes) + " |", "| --- |" + " ---: |" * len(modes)]
-    lines.append("| valid rate [95% Wilson CI] | " + " | ".join(
-        f"{100 * table[m]['valid_rate']:.1f}% [{100 * table[m]['valid_lo']:.1f}, {100 * table[m]['valid_hi']:.1f}]"
-        for m in modes) + " |")
-    for label, key, digits in rows:
-        lines.append(f"| {label} | " + " | ".join(
-            _fmt(table[m][key]) if digits == 0 else _fmt(table[m][key], digits) for m in modes) + " |")
-    statuses = sorted({s for m in modes for s in table[m]["statuses"]})
-    for s in statuses:
-        lines.append(f"| status {s} | " + " | ".join(str(table[m]["statuses"].get(s, 0)) for m in modes) + " |")
-    return lines + [""]
+    return tables.to_markdown(tables.generation_table(runs))
 
 
-
-def _ablation_section(grid: xr.Dataset, out: Path) -> list[str]:
-    summary = cl.ablation_summary(grid)
-    shown = summary.drop_vars("n_seeds", errors="ignore")
-    plots.plot_heatmaps(shown, out / "ablation.png")
-    lines = ["## Ablation: elite fraction x novelty threshold", "", "![ablation](ablation.png)", "",
-             "Cell means over seeds.", ""]
-    names = list(summary.data_vars)
-    lines += ["| elite fraction | novelty threshold | " + " | ".join(names) + " |",
-              "| ---: | ---: |" + " ---: |" * len(names)]
-    for ef in summary["elite_fraction"].values:
-        for nt in summary["novelty_threshold"].values:
-            cell = summary.sel(elite_fraction=ef, novelty_threshold=nt)
-            lines.append(f"| {ef:g} | {nt:g} | " + " | ".join(_fmt(cell[n].values) for n in names) + " |")
-    return lines + [""]
+#: Runs whose per-cycle table is shown; an ablation grid has more (its store has them all).
+MAX_CYCLE_TABLES = 8
+#: Architectures listed in the report.
+TOP_ARCHITECTURES = 10
 
 
-def write_report(sources, out: str | Path | None = None) -> Path:
-    """Load ``sources``, compute the claims, write figures and ``report.md``; return its path."""
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    sources = [Path(s) for s in sources]
-    ds = load(sources)
-    out = Path(out) if out is not None else _default_out(sources)
-    out.mkdir(parents=True, exist_ok=True)
+def _cycle_section(runs: xr.Dataset) -> Section:
+    n = runs.sizes["run"]
+    blocks: list = []
+    for r in range(min(n, MAX_CYCLE_TABLES)):
+        if n > 1:
+            blocks.append(Text(f"Run {runs['run'].values[r]}:"))
+        blocks.append(tables.cycle_table(runs, r))
+    if n > MAX_CYCLE_TABLES:
+        blocks.append(Text(f"... and {n - MAX_CYCLE_TABLES} more runs (see their stores)."))
+    return Section("Cycles", blocks, "cycles")
+
+
+def _status_section(runs: xr.Dataset, figure: Figure) -> Section:
+    if "status" not in runs and "status_count" not in runs:
+        return Section("Validity by status", [Text("The store holds no candidates (an exact simulation?).")], "status")
+    blocks = [figure]
+    by_cycle = tables.status_by_cycle_table(runs)
+    if by_cycle is not None:
+        blocks += [Text("Candidates per final status in each cycle (all runs):"), by_cycle]
+    pooled = tables.status_table(runs)
+    if pooled is not None:
+        blocks += [Text("All cycles:"), pooled]
+    return Section("Validity by status", blocks, "status")
+
+
+def build_document(sources: list[Path], ds: xr.Dataset, out: Path) -> Document:
+    """Compute the claims, write the figures into ``out`` and lay out the report."""
     runs = as_runs(ds)
     if runs.sizes["run"] == 0:
         raise ValueError(f"{', '.join(map(str, sources))}: no run has a completed cycle to report on")
     claims = {c.key: c for c in cl.all_claims(runs)}
     pooled = cl.pooled_reliability(runs)
 
-    plots.plot_threshold(runs, out / "threshold.png")
-    plots.plot_elite_probability(runs, out / "elite_probability.png", _rate_fits(runs))
-    plots.plot_smoothing(runs, out / "smoothing.png")
-    plots.plot_status(runs, out / "status.png")
-    plots.plot_reliability(runs, out / "reliability.png", pooled, _replicate_pairs(runs))
+    fig = {name: Figure(out / f"{name}.png", name) for name in
+           ("threshold", "elite_probability", "smoothing", "status", "reliability")}
+    plots.plot_threshold(runs, fig["threshold"].path)
+    plots.plot_elite_probability(runs, fig["elite_probability"].path, _rate_fits(runs))
+    plots.plot_smoothing(runs, fig["smoothing"].path)
+    plots.plot_status(runs, fig["status"].path)
+    plots.plot_reliability(runs, fig["reliability"].path, pooled, _replicate_pairs(runs))
 
     n_cand = int(cl.candidate_mask(runs).sum())
     modes = sorted({str(m) for m in runs["mode"].values}) if "mode" in runs.coords else []
-    lines = ["# cem-nas convergence report", "",
-             f"Sources: {', '.join(str(s) for s in sources)}  ",
-             f"Runs: {runs.sizes['run']}; cycles: {runs.sizes['cycle']}; candidates: {n_cand:,}"
-             + (f"; modes: {', '.join(modes)}" if modes else ""), "",
-             "## Verdicts", "", "| claim | verdict |", "| --- | --- |"]
-    lines += [f"| {c.title} | {c.verdict} |" for c in claims.values()]
-    lines += ["",
-              "## Elite threshold and best so far", "",
-              "gamma_t is the lowest elite score of cycle t. Monotonicity is tested, not assumed: "
-              "a fall counts when it exceeds z bootstrap standard errors of the two quantiles, z Bonferroni-corrected over all steps (5% family-wise).", "",
-              *claim_section(claims["monotone_threshold"], "threshold.png"),
-              "## Elite probability p_t(E)", "",
-              "The pure geometric law 1 - p_{t+1} = (1 - alpha)(1 - p_t) needs q_t(E) = 1; kappa is fitted "
-              "from log(1 - p_t) on t over cycles with 0 < p_t < 1.", "",
-              *claim_section(claims["geometric"], "elite_probability.png"),
-              "## q_t(E) and the smoothing identity", "",
-              "1 - p_{t+1} = alpha (1 - q_t) + (1 - alpha)(1 - p_t) holds for any fixed E under mixture smoothing.", "",
-              *claim_section(claims["identity"], "smoothing.png"),
-              *claim_section(claims["optimality"]),
-              "## Validity by status", "", "![status](status.png)", "", *_status_table(runs),
-              "## Proxy reliability (pooled over all evaluated architectures)", "",
-              "![reliability](reliability.png)", "", *_reliability_table(pooled),
-              *claim_section(claims["arcsin"])]
+    meta = [f"Sources: {', '.join(str(s) for s in sources)}",
+            f"Runs: {runs.sizes['run']}; cycles: {runs.sizes['cycle']}; candidates: {n_cand:,}"
+            + (f"; modes: {', '.join(modes)}" if modes else "")]
+    sections = [
+        Section("Verdicts", [tables.verdict_table(list(claims.values()))], "verdicts"),
+        Section(f"Top {TOP_ARCHITECTURES} architectures", [
+            Text("Distinct architectures by proxy score; each lists every proposal of it (repeats included), "
+                 "its line of descent back to the zoo baseline and its delta against its parent."),
+            Architectures(top_architectures(runs, TOP_ARCHITECTURES))], "architectures"),
+        _cycle_section(runs),
+        Section("Elite threshold and best so far", [
+            Text("gamma_t is the lowest elite score of cycle t. Monotonicity is tested, not assumed: a fall counts "
+                 "when it exceeds z bootstrap standard errors of the two quantiles, z Bonferroni-corrected over all "
+                 "steps (5% family-wise)."),
+            ClaimBlock(claims["monotone_threshold"], fig["threshold"])], "threshold"),
+        Section("Elite probability p_t(E)", [
+            Text("The pure geometric law 1 - p_{t+1} = (1 - alpha)(1 - p_t) needs q_t(E) = 1; kappa is fitted "
+                 "from log(1 - p_t) on t over cycles with 0 < p_t < 1."),
+            ClaimBlock(claims["geometric"], fig["elite_probability"])], "elite-probability"),
+        Section("q_t(E) and the smoothing identity", [
+            Text("1 - p_{t+1} = alpha (1 - q_t) + (1 - alpha)(1 - p_t) holds for any fixed E under mixture smoothing."),
+            ClaimBlock(claims["identity"], fig["smoothing"]), ClaimBlock(claims["optimality"])], "smoothing"),
+        _status_section(runs, fig["status"]),
+        Section("Proxy reliability (pooled over all evaluated architectures)", [
+            fig["reliability"],
+            tables.reliability_table(pooled) if pooled is not None else
+            Text("No architecture has two scored proxy replicates (set replicate seeds in the config)."),
+            ClaimBlock(claims["arcsin"])], "reliability"),
+    ]
     if "delta_vs_full" in claims:
-        lines += ["## Delta vs full generation", "", *generation_markdown(runs),
-                  *claim_section(claims["delta_vs_full"])]
+        sections.append(Section("Delta vs full generation", [
+            tables.generation_table(runs), ClaimBlock(claims["delta_vs_full"])], "delta-vs-full"))
     if {"elite_fraction", "novelty_threshold"} <= set(ds.dims):
-        lines += _ablation_section(ds, out)
+        summary = cl.ablation_summary(ds)
+        heatmap = Figure(plots.plot_heatmaps(summary.drop_vars("n_seeds", errors="ignore"), out / "ablation.png"),
+                         "ablation")
+        sections.append(Section("Ablation: elite fraction x novelty threshold", [
+            heatmap, Text("Cell means over seeds."), tables.ablation_table(summary)], "ablation"))
+    return Document("cem-nas convergence report", meta, sections)
+
+
+def write_report(sources, out: str | Path | None = None) -> Path:
+    """Load ``sources``, compute the claims, write figures, ``report.md`` and the
+    self-contained ``report.html`` beside it; return the markdown file's path."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    sources = [Path(s) for s in sources]
+    ds = load(sources)
+    out = Path(out) if out is not None else _default_out(sources)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = build_document(sources, ds, out)
+    write_html(doc, out / "report.html")
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(markdown(doc, out))
     return path
 
 
@@ -220,8 +185,8 @@ def main(argv=None) -> int:
     except (StoreError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(path.read_text().split("## Elite threshold")[0].rstrip())
-    print(f"\nreport written to {path}")
+    print(path.read_text().split("## Top ")[0].rstrip())
+    print(f"\nreport written to {path} and {path.with_suffix('.html')}")
     return 0
 
 

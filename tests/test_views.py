@@ -2,11 +2,23 @@
 HTML report, both made from a real short grammar run (sandbox pool, real training)."""
 from __future__ import annotations
 
+import base64
 import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from analysis import claims as cl
+from analysis.load import as_runs
+from analysis.report import main as report_main
 from cem_nas.cem import run_search
 from cem_nas.config import RunConfig, apply_overrides
 from cem_nas.hooks import Candidate, CycleRecord
@@ -82,3 +94,117 @@ def test_a_resumed_run_replaces_the_interrupted_cycle_in_tensorboard(tmp_path):
     resumed.close()
     events = read_events(tmp_path).Scalars("p_E")
     assert [(e.step, round(e.value, 6)) for e in events] == [(0, 0.2), (1, 0.3), (2, 0.4)]
+
+
+# ----------------------------------------------------------------------- report.html
+
+class Page(HTMLParser):
+    """What a structural check of report.html needs: tags with attributes, text per section."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.section_text: dict[str, str] = {}
+        self._section = ""
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "h2" and attrs.get("id"):
+            self._section = attrs["id"]
+
+    def handle_data(self, data):
+        self.section_text[self._section] = self.section_text.get(self._section, "") + data
+
+    def count(self, tag: str, cls: str | None = None) -> int:
+        return sum(1 for t, a in self.tags if t == tag and (cls is None or cls in a.get("class", "").split()))
+
+
+@pytest.fixture(scope="module")
+def report(grammar_run, tmp_path_factory):
+    root, _ = grammar_run
+    out = tmp_path_factory.mktemp("report")
+    assert report_main([str(root), "--out", str(out)]) == 0
+    return out, (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_report_html_is_self_contained_with_tables_figures_and_top_architectures(grammar_run, report):
+    root, ds = grammar_run
+    out, text = report
+    page = Page(text)
+    runs = as_runs(load(root))
+    # nothing is fetched at view time: every image is inline PNG data, every link an anchor
+    images = [a["src"] for t, a in page.tags if t == "img"]
+    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in images)
+    assert not [a for t, a in page.tags if t in ("script", "link", "iframe")]
+    assert all(a["href"].startswith("#") for t, a in page.tags if t == "a")
+    for section in ("verdicts", "architectures", "cycles", "status", "reliability"):
+        assert section in page.section_text, section
+    claims = cl.all_claims(runs)
+    for c in claims:
+        assert c.title in page.section_text["verdicts"] and c.summary in page.section_text["verdicts"]
+    assert page.count("span", "verdict") >= 2 * len(claims)  # the table's badges and each claim's
+    # the top architectures: the ten best distinct scores of the store, best first, each a card
+    cards = page.count("div", "card")
+    scored = sorted({(float(s), str(c)) for s, c in zip(ds.score.values.ravel(), ds.code.values.ravel())
+                     if np.isfinite(s)}, reverse=True)
+    assert cards == min(10, len(scored))
+    facts = re.findall(r"score <b>([0-9.]+)</b>", text)
+    assert [float(f) for f in facts] == pytest.approx([s for s, _ in scored[:cards]], abs=5e-4)
+    # each card's line of descent starts at a zoo baseline and ends at the card's architecture
+    chains = re.findall(r'<div class="chain">(.*?)</div>', text)
+    assert len(chains) == cards
+    for chain in chains:
+        assert chain.startswith('<span class="node zoo">') and chain.rsplit("<span", 1)[1].startswith(' class="node self"')
+    assert page.count("span", "add") > 0 and page.count("span", "del") > 0  # coloured deltas
+    assert page.count("span", "hunk") > 0
+    # per-cycle table and status-by-cycle table: one row per cycle
+    cycles = ds.sizes["cycle"]
+    tables = re.findall(r"<table>(.*?)</table>", text)
+    cycle_table = next(t for t in tables if "p_t(E) [95% CI]" in t)
+    assert cycle_table.count("<tr>") == cycles + 1
+    status_table = next(t for t in tables if "<th class=\"r\">total</th>" in t)
+    assert status_table.count("<tr>") == cycles + 1
+    totals = [int(x) for x in re.findall(r'<td class="r">(\d+)</td></tr>', status_table)]
+    assert totals == list(ds.n_cand.values.astype(int))
+    # report.md says the same: same verdicts, same top architecture
+    md = (out / "report.md").read_text()
+    assert all(f"| {c.title} | {c.verdict} |" in md for c in claims)
+    assert re.search(r"\| 1 \| g \| (c\d{4}_\d{3}) \|", md).group(1) in page.section_text["architectures"]
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                  "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get where it is missing (the test's setup)."""
+    found = shutil.which("chromium")
+    if found is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True, env=env,
+                       timeout=1200)
+        found = shutil.which("chromium")
+    assert found, "chromium is not installed and apt-get could not install it"
+    return found
+
+
+@pytest.mark.slow
+def test_report_html_renders_in_headless_chromium(report, tmp_path):
+    out, _ = report
+    shot = out / "report_screenshot.png"
+    proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                           "--window-size=1200,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (1200, 2400)
+    # a page that rendered text, tables and figures compresses far worse than a blank one
+    assert len(data) > 100_000, f"screenshot is only {len(data)} bytes: the page rendered (nearly) blank"
+    kept = Path(os.environ.get("CEM_NAS_SCREENSHOT_DIR", tempfile.gettempdir())) / "cem_nas_report_screenshot.png"
+    shutil.copy(shot, kept)  # left for a person to look at
