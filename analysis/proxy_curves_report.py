@@ -20,7 +20,7 @@ import xarray as xr
 from analysis import plots
 from analysis.claims import Claim
 from analysis.proxy_curves import PAIRED, settings_of
-from analysis.report import _fmt
+from analysis.tables import fmt as _fmt
 
 plt = plots.plt
 #: Marker of each ceiling truncation in the Spearman figure, by position in top_k.
