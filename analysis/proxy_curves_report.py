@@ -25,6 +25,8 @@ from analysis.tables import fmt as _fmt
 plt = plots.plt
 #: Marker of each ceiling truncation in the Spearman figure, by position in top_k.
 MARKERS = ("o", "s", "^", "D", "v")
+#: Groups drawn in the figures (the largest by paired configurations; tables list all).
+MAX_PLOTTED = 12
 ARCSIN_TITLE = "arcsin law on the raw Pearson"
 COPULA_TITLE = "normal-copula reading"
 
@@ -53,8 +55,9 @@ def _target_text(study: xr.Dataset, own: str = "each configuration's") -> str:
     return f"{own} last stored epoch" if str(t) == "last" else f"epoch {t}"
 
 
-def claims(study: xr.Dataset, j: int = 0) -> list[Claim]:
-    """One arcsin-law and one copula claim per group at truncation index ``j`` (0 = all)."""
+def claims(study: xr.Dataset, j: int | None = None) -> list[Claim]:
+    """One arcsin-law and one copula claim per group at truncation index ``j`` (default: the largest share kept)."""
+    j = _full(study) if j is None else j
     out = []
     k = int(study["top_k"].values[j])
     scope = "" if k == 100 else f", top {k}%"
@@ -76,6 +79,26 @@ def claims(study: xr.Dataset, j: int = 0) -> list[Claim]:
     return out
 
 
+def summary_lines(study: xr.Dataset, max_groups: int = 20) -> list[str]:
+    """A console summary: one line per group (untruncated), or verdict counts beyond ``max_groups``."""
+    j, groups = _full(study), study["group"].values.astype(str)
+    if len(groups) > max_groups:
+        out = [f"{len(groups)} groups (see the report for each):"]
+        for key, title in (("verdict_arcsin", ARCSIN_TITLE), ("verdict_copula", COPULA_TITLE)):
+            names, counts = np.unique(study[key].values[:, j].astype(str), return_counts=True)
+            out.append(f"  {title}: " + ", ".join(f"{c} {v}" for v, c in zip(names, counts)))
+        return out
+    width = max(len(g) for g in groups)
+    out = [f"{'group':<{width}} {'n':>6} {'Pearson':>7} {'Spearman':>8} {'Moran':>6} {'gap [95% CI]':>22} "
+           f"{'copula diff [95% CI]':>24}  arcsin law / normal copula"]
+    for g, name in enumerate(groups):
+        out.append(f"{name:<{width}} {int(_at(study, 'n', g, j)):>6} {_fmt(_at(study, 'pearson', g, j)):>7} "
+                   f"{_fmt(_at(study, 'spearman', g, j)):>8} {_fmt(_at(study, 'moran_expectation', g, j)):>6} "
+                   f"{_ci(study, 'gap', g, j):>22} {_ci(study, 'copula_difference', g, j):>24}  "
+                   f"{study['verdict_arcsin'].values[g, j]} / {study['verdict_copula'].values[g, j]}")
+    return out
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
             *["| " + " | ".join(r) + " |" for r in rows], ""]
@@ -85,7 +108,7 @@ def curves_section(study: xr.Dataset, hexbin: str | None = None, spearman: str |
     """The study's markdown section (figure file names relative to the markdown file)."""
     st = settings_of(study)
     groups = study["group"].values.astype(str)
-    full = list(study["top_k"].values).index(100) if 100 in study["top_k"].values else 0
+    full = _full(study)
     lines = ["## Proxy reliability on training curves", "",
              f"Source: {study.attrs.get('curves_source', '?')} ({study.attrs.get('curves_layout', '?')}, "
              f"{int(study.attrs.get('curves_records', 0)):,} records; "
@@ -104,6 +127,8 @@ def curves_section(study: xr.Dataset, hexbin: str | None = None, spearman: str |
     lines += ["Cut-short runs (LEMUR stops a run whose accuracy falls below a bar) are not in the study, so "
               "it describes runs that survived past the proxy epoch. Epochs are as stored: for a family "
               "numbered from 0 the proxy epoch is its second.", ""]
+    if len(groups) > MAX_PLOTTED:
+        lines += [f"The figures show the {MAX_PLOTTED} largest of the {len(groups)} groups.", ""]
     if hexbin:
         lines += [f"![proxy vs target]({hexbin})", ""]
     lines += ["### Rank agreement", ""]
@@ -120,7 +145,7 @@ def curves_section(study: xr.Dataset, hexbin: str | None = None, spearman: str |
     lines += _table(["group", "2 sin(pi r_S/6)", "sin(pi tau/2)", "difference",
                      "proxy: tied values; largest tie block", "target: tied values; largest tie block"], rows)
     lines += ["### Verdicts", ""]
-    lines += [f"- {c.title}: {c.verdict_line()}" for c in claims(study, full)]
+    lines += [f"- {c.title}: {c.verdict_line()}" for c in claims(study)]
     lines += ["", "### Ceiling truncation: the top k% by target accuracy", ""]
     if spearman:
         lines += [f"![predicted vs observed Spearman]({spearman})", ""]
@@ -137,16 +162,29 @@ def curves_section(study: xr.Dataset, hexbin: str | None = None, spearman: str |
     return lines
 
 
+def plotted_groups(study: xr.Dataset) -> list[tuple[int, str]]:
+    """(index, name) of the groups the figures show: all, or the MAX_PLOTTED largest."""
+    n = np.nan_to_num(study["n"].values[:, _full(study)])
+    order = sorted(np.argsort(-n, kind="stable")[:MAX_PLOTTED])
+    return [(int(g), str(study["group"].values[g])) for g in order]
+
+
+def _full(study: xr.Dataset) -> int:
+    """Index of the untruncated level (top 100%), else of the largest kept share."""
+    return int(np.argmax(study["top_k"].values))
+
+
 def plot_hexbins(study: xr.Dataset, path: Path) -> Path:
     """Proxy vs target accuracy of the paired configurations, one hexbin panel per group."""
-    groups = study["group"].values.astype(str)
+    shown = plotted_groups(study)
+    groups = [name for _, name in shown]
     cols = min(3, len(groups))
     rows = int(np.ceil(len(groups) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
     paired = study["pairing"].values.astype(str) == PAIRED
     member = study["group_of"].values.astype(str)
-    full = list(study["top_k"].values).index(100) if 100 in study["top_k"].values else 0
-    for ax, (g, name) in zip(axes.ravel(), enumerate(groups)):
+    full = _full(study)
+    for ax, (g, name) in zip(axes.ravel(), shown):
         sel = paired & (member == name)
         x, y = study["proxy"].values[sel], study["target"].values[sel]
         if len(x):
@@ -167,12 +205,12 @@ def plot_spearman_agreement(study: xr.Dataset, path: Path) -> Path:
     Every group (colour) and ceiling truncation (marker) on one figure, with the bootstrap
     CIs of both coordinates.
     """
-    groups = study["group"].values.astype(str)
+    shown = plotted_groups(study)
     top_k = study["top_k"].values
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for g, name in enumerate(groups):
-        c = colours[g % len(colours)]
+    for pos, (g, name) in enumerate(shown):
+        c = colours[pos % len(colours)]
         for j, k in enumerate(top_k):
             px, py = _at(study, "moran_expectation", g, j), _at(study, "spearman", g, j)
             if not np.isfinite(px):
@@ -183,19 +221,20 @@ def plot_spearman_agreement(study: xr.Dataset, path: Path) -> Path:
             axes[0].errorbar(px, py, xerr=xerr, yerr=yerr, fmt=MARKERS[j % len(MARKERS)], color=c, ms=5, label=label)
             d = _at(study, "copula_difference", g, j)
             derr = [[d - _at(study, "copula_difference_lo", g, j)], [_at(study, "copula_difference_hi", g, j) - d]]
-            axes[1].errorbar(g + 0.2 * (j - (len(top_k) - 1) / 2), d, yerr=derr, fmt=MARKERS[j % len(MARKERS)],
+            axes[1].errorbar(pos + 0.2 * (j - (len(top_k) - 1) / 2), d, yerr=derr, fmt=MARKERS[j % len(MARKERS)],
                              color=c, ms=5)
-    lims = [0, 1]
+    low = [np.nanmin(study[v].values[[g for g, _ in shown]]) for v in ("spearman_lo", "moran_expectation_lo")]
+    lims = [min(0.0, *low), 1.0]
     axes[0].plot(lims, lims, color="k", lw=0.8, ls=":", label="observed = predicted")
     axes[0].set(title="Spearman: observed vs arcsin law (Moran at n) from the raw Pearson",
                 xlabel="predicted Spearman", ylabel="observed Spearman", xlim=lims, ylim=lims)
     for j, k in enumerate(top_k):
         axes[0].plot([], [], MARKERS[j % len(MARKERS)], color="grey", label=f"top {int(k)}%")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="upper left")
     res = settings_of(study).copula_resolution
     axes[1].axhline(0, color="k", lw=0.8, ls=":")
     axes[1].axhspan(-res, res, color="grey", alpha=0.15)
-    axes[1].set_xticks(range(len(groups)), groups, rotation=30, fontsize=8)
+    axes[1].set_xticks(range(len(shown)), [name for _, name in shown], rotation=30, fontsize=8)
     axes[1].set(title="copula check: 2 sin(pi r_S/6) - sin(pi tau/2)", ylabel="difference")
     return plots._save(fig, path)
 

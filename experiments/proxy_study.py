@@ -243,7 +243,7 @@ def curves_main(args: argparse.Namespace) -> int:
     import time
 
     from analysis.proxy_curves import CurveStudySettings, curve_study
-    from analysis.proxy_curves_report import claims, write_curves_report
+    from analysis.proxy_curves_report import summary_lines, write_curves_report
     from cem_nas.curves import CurvesError, read_curves
 
     start = time.perf_counter()
@@ -260,9 +260,7 @@ def curves_main(args: argparse.Namespace) -> int:
           f"({curves.attrs['dropped_duplicate_configurations']:,} dropped for duplicated epochs)")
     study = curve_study(curves, settings)
     path = write_curves_report(study, args.out or CURVES_OUT)
-    full = list(study["top_k"].values).index(100) if 100 in study["top_k"].values else 0
-    for claim in claims(study, full):
-        print(f"{claim.title}: {claim.verdict} - {claim.summary}")
+    print("\n".join(summary_lines(study)))
     print(f"written: {path}, {path.with_suffix('.nc')} and 2 figures ({time.perf_counter() - start:.1f} s)")
     return 0
 

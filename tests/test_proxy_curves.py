@@ -160,6 +160,17 @@ def test_report_is_written_and_survives_a_netcdf_round_trip(study, tmp_path):
     assert (tmp_path / "again" / "proxy_curves.md").read_text() == text
 
 
+def test_console_summary_and_figures_stay_readable_with_many_groups(study, monkeypatch, tmp_path):
+    lines = pr.summary_lines(study)
+    assert len(lines) == 4 and lines[3].startswith("normal ") and lines[3].endswith("supported / supported")
+    counts = pr.summary_lines(study, max_groups=2)
+    assert counts[0] == "3 groups (see the report for each):" and "1 supported" in counts[1]
+    monkeypatch.setattr(pr, "MAX_PLOTTED", 2)
+    assert [name for _, name in pr.plotted_groups(study)] == ["ceiling", "floor"]  # equal n: first two
+    pr.plot_spearman_agreement(study, tmp_path / "s.png")
+    assert "The figures show the 2 largest of the 3 groups." in "\n".join(pr.curves_section(study))
+
+
 def test_cli_curves_mode(tmp_path, capsys):
     small = known_copula_records(n=300, seed=1).drop(columns=["file", "line"])
     path = tmp_path / "curves.csv"
@@ -168,7 +179,7 @@ def test_cli_curves_mode(tmp_path, capsys):
     assert proxy_study.main(["--curves", str(path), "--out", str(out), "--bootstrap", "200", "--by", "none",
                              "--top-k", "100", "50", "--target-epoch", "5"]) == 0
     printed = capsys.readouterr().out
-    assert "all: arcsin law on the raw Pearson" in printed and "written:" in printed
+    assert "\nall " in printed and "written:" in printed
     study = xr.load_dataset(out / "proxy_curves.nc")
     assert study["group"].values.tolist() == ["all"] and study["top_k"].values.tolist() == [100, 50]
     assert study["n"].sel(top_k=100).values.tolist() == [900]
