@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -288,6 +289,7 @@ class CEM:
         return {"run_name": cfg.run.name, "sampler": cfg.sampler.kind, "mode": getattr(self.sampler, "mode", ""),
                 "seed": cfg.run.seed, "baseline_mode": cfg.search.baseline_mode,
                 "elite_fraction": cfg.search.elite_fraction, "novelty_threshold": cfg.search.novelty_threshold,
+                "sampler_dtype": getattr(self.sampler, "dtype", ""),
                 "config": to_toml(cfg), "versions": json.dumps(versions())}
 
     @contextmanager
@@ -372,10 +374,12 @@ def build_sampler(cfg: RunConfig, task: Any) -> Any:
         return GrammarSampler(alpha=cfg.sampler.grammar_alpha, seed=cfg.run.seed, mode=cfg.sampler.mode)
     from cem_nas.sampler.llm import LLMSampler
 
-    return LLMSampler(task, model=cfg.sampler.model, mode=cfg.sampler.mode, lora=cfg.sampler.lora,
-                      generation=cfg.sampler.generation, warm_start=cfg.sampler.warm_start,
-                      device=cfg.sampler.device, seed=cfg.run.seed,
-                      load_in_4bit=cfg.sampler.load_in_4bit)
+    sampler = LLMSampler(task, model=cfg.sampler.model, mode=cfg.sampler.mode, lora=cfg.sampler.lora,
+                         generation=cfg.sampler.generation, warm_start=cfg.sampler.warm_start,
+                         device=cfg.sampler.device, seed=cfg.run.seed,
+                         load_in_4bit=cfg.sampler.load_in_4bit, dtype=cfg.sampler.dtype)
+    print(f"sampler: {sampler.describe()}", file=sys.stderr, flush=True)
+    return sampler
 
 
 def make_pool(cfg: RunConfig, dataset: Any, protect: tuple[str, ...] = ()) -> Any:

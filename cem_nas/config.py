@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cem_nas.evaluate import EvalSettings
-from cem_nas.sampler.llm import GenerationSettings, LoRASettings, WarmStartSettings
+from cem_nas.sampler.llm import DECODERS, GenerationSettings, LoRASettings, WarmStartSettings
+from cem_nas.sampler.model import DTYPES
 
 
 class ConfigError(ValueError):
@@ -97,6 +98,10 @@ class SamplerSettings:
     """LLM output: delta (unified diff against the baseline) or full (whole file)."""
     device: str = "auto"
     """Torch device for the LLM: auto, cpu, cuda, cuda:1, ..."""
+    dtype: str = "auto"
+    """LLM weights and compute: auto (bfloat16 on CUDA and on CPUs whose /proc/cpuinfo
+    reports amx_bf16 or avx512_bf16, float32 elsewhere), float32 or bfloat16. The choice
+    is printed and stored with the run (attribute sampler_dtype)."""
     load_in_4bit: bool = False
     """Load the LLM's base weights in 4 bit (bitsandbytes, CUDA only)."""
     grammar_alpha: float = 0.7
@@ -176,6 +181,8 @@ CHOICES = {
     "search.baseline_mode": ("fixed", "refine"),
     "sampler.kind": ("llm", "grammar"),
     "sampler.mode": ("delta", "full"),
+    "sampler.dtype": DTYPES,
+    "sampler.generation.decoder": DECODERS,
     "executor.kind": ("local", "dask"),
 }
 RANGES = {

@@ -69,6 +69,9 @@ class Proposal:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     gen_seconds: float = 0.0
+    stop_reason: str = ""
+    """Why generation ended: eos, fence (the fenced answer closed), length (token budget
+    spent); empty for samplers that do not generate text."""
     meta: dict[str, Any] = field(default_factory=dict)
 
 

@@ -111,8 +111,23 @@ def test_left_padded_batch_matches_single_prompts(tokenizer):
     batched = sampler.generate([long_prompt, short_prompt])
     single = [sampler.generate([long_prompt])[0], sampler.generate([short_prompt])[0]]
     assert batched == single
-    assert all(0 < n_c <= 10 for _, _, n_c in batched)
+    assert all(0 < n_c <= 10 for _, _, n_c, _ in batched)
     assert batched[1][1] == len(lora_sft.encode_prompt(tokenizer, short_prompt))
+
+
+def test_shared_prefix_decoder_equals_transformers_generate(tokenizer):
+    """Greedy: the shared-prefix decoder (one prefill per distinct prompt) gives what
+    transformers' generate gives row by row, stop reasons included."""
+    prompts = None
+    results = {}
+    for decoder in ("shared_prefix", "hf"):
+        greedy = GenerationSettings(temperature=0.0, max_new_tokens=10, batch_size=4, decoder=decoder)
+        sampler = make_sampler(tokenizer, generation=greedy)
+        assert sampler.decoder() == decoder
+        prompts = prompts or [sampler.prompt_for(CODE_A), sampler.prompt_for(CODE_B), sampler.prompt_for(CODE_A)]
+        results[decoder] = sampler.generate(prompts)
+    assert results["shared_prefix"] == results["hf"]
+    assert all(r.stop_reason in ("eos", "fence", "length") for r in results["hf"])
 
 
 def test_fence_stop_criterion(tokenizer):
@@ -138,6 +153,7 @@ def test_propose_is_seeded_and_keeps_global_rng(tokenizer):
     assert sorted(p.baseline for p in first).count("a") in (2, 3)  # spread evenly over baselines
     for p in first:
         assert p.prompt_tokens > 0 and 0 <= p.completion_tokens <= 12 and p.gen_seconds > 0
+        assert p.stop_reason in ("eos", "fence", "length") and (p.stop_reason == "length") == (p.completion_tokens == 12)
         # a random model writes no diff: the parse error is kept for the loop, delta is None
         assert p.delta is None and p.code is None and p.meta["parse_error"]
 

@@ -1,0 +1,98 @@
+"""Shared-prefix decoding against transformers' own generate and logits processors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cem_nas.sampler.decode import STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, next_tokens
+
+torch.set_num_threads(1)
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]]  # unequal: the prefix is padded
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    # 6 query heads on 2 key/value heads: grouped-query attention, as in SmolLM2 (9 on 3)
+    config = LlamaConfig(vocab_size=60, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, initializer_range=0.3,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    return LlamaForCausalLM(config).eval()
+
+
+def reference(model, prompt: list[int], steps: int) -> list[int]:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=False, max_new_tokens=steps, eos_token_id=1, pad_token_id=0)
+    with torch.no_grad():
+        return model.generate(input_ids=torch.tensor([prompt]), generation_config=config)[0, len(prompt):].tolist()
+
+
+def test_greedy_rows_equal_transformers_generate(model):
+    """Every row of every prompt (k rows share one prefill) decodes what generate decodes alone."""
+    out = decode(model, PROMPTS, [2, 3, 1], SamplingRule(temperature=0), 15, {1}, torch.Generator(), "cpu")
+    for prompt, rows in zip(PROMPTS, out):
+        expected = reference(model, prompt, 15)
+        assert [r.tokens for r in rows] == [expected] * len(rows)
+        assert all(r.stop_reason == STOP_LENGTH for r in rows)
+
+
+def test_stop_reasons_and_dropped_rows(model):
+    """EOS ends a row without keeping the token, the stop test ends it with it; the other
+    rows (their layout compacted when rows finish) still decode exactly."""
+    expected = [reference(model, p, 12) for p in PROMPTS]
+    eos = expected[0][3]  # first prompt's 4th greedy token: an end token for this call
+    fence = expected[1][5]
+    out = decode(model, PROMPTS, [2, 2, 2], SamplingRule(temperature=0), 12, {eos}, torch.Generator(), "cpu",
+                 stop=lambda tokens: True, stop_candidates={fence})
+    first = expected[0][: expected[0].index(eos)]
+    assert [(r.tokens, r.stop_reason) for r in out[0]] == [(first, STOP_EOS)] * 2
+    cut = min(i for i, t in enumerate(expected[1]) if t in (eos, fence))
+    reason = STOP_EOS if expected[1][cut] == eos else STOP_FENCE
+    kept = expected[1][: cut + (reason == STOP_FENCE)]
+    assert [(r.tokens, r.stop_reason) for r in out[1]] == [(kept, reason)] * 2
+    for r in out[2]:  # the third prompt's rows are unaffected by the others leaving
+        n = len(r.tokens)
+        assert r.tokens == expected[2][:n] and (r.stop_reason == STOP_LENGTH) == (n == 12)
+
+
+def test_sampling_is_seeded(model):
+    rule = SamplingRule(temperature=1.0, top_p=0.9)
+
+    def run(seed):
+        out = decode(model, PROMPTS, [3, 3, 3], rule, 10, {1}, torch.Generator().manual_seed(seed), "cpu")
+        return [[r.tokens for r in rows] for rows in out]
+
+    assert run(3) == run(3) and run(3) != run(4)
+
+
+def test_top_p_top_k_and_penalty_match_transformers():
+    """The masks are transformers' own: same kept set for random logits."""
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    torch.manual_seed(1)
+    logits = torch.randn(16, 50) * 3
+    history = torch.randint(50, (16, 7))
+    seen = torch.zeros(16, 50, dtype=torch.bool).scatter(1, history, True)
+    rule = SamplingRule(temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.3)
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
+    for warp in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.8)):
+        ref = warp(history, ref)
+    allowed = torch.isfinite(ref)
+    draws = torch.stack([next_tokens(logits, rule, torch.Generator().manual_seed(s), seen) for s in range(300)])
+    # every draw is in transformers' kept set; with 300 draws per row every kept token of
+    # probability > 5% appears (a miss has probability < 0.95^300 < 2e-7 per token)
+    assert bool(allowed.gather(1, draws.T).all())
+    probs = ref.softmax(-1)
+    for row in range(16):
+        frequent = set(torch.nonzero(probs[row] > 0.05).flatten().tolist())
+        assert frequent <= set(draws[:, row].tolist())
+
+
+def test_bad_counts_are_refused(model):
+    with pytest.raises(ValueError, match="count"):
+        decode(model, PROMPTS, [1, 1], SamplingRule(), 4, {1}, torch.Generator(), "cpu")
