@@ -1,10 +1,11 @@
-"""The training-curves proxy study as a report: netCDF, figures and a markdown section.
+"""The training-curves proxy study as a report: netCDF, figures, markdown and HTML.
 
 ``write_curves_report(study, out)`` writes ``proxy_curves.nc``, ``proxy_curves_hexbin.png``
 (proxy vs target accuracy per group), ``proxy_curves_spearman.png`` (predicted vs
 observed Spearman and the copula difference, with CIs, for every group and ceiling
-truncation on one figure) and ``proxy_curves.md``, whose verdict lines are
-:class:`analysis.claims.Claim` lines as in the run report.
+truncation on one figure), and ``proxy_curves.md`` and ``proxy_curves.html`` rendered from
+one :class:`analysis.document.Document` with :class:`analysis.claims.Claim` verdicts, as
+the run report is.
 ``python -m analysis.proxy_curves_report STUDY.nc [--out DIR]`` rewrites them from a saved study.
 """
 from __future__ import annotations
@@ -19,7 +20,10 @@ import xarray as xr
 
 from analysis import plots
 from analysis.claims import Claim
+from analysis.document import Document, Figure, Section, Text, markdown
+from analysis.html import write_html
 from analysis.proxy_curves import PAIRED, settings_of
+from analysis.tables import Table, verdict_table
 from analysis.tables import fmt as _fmt
 
 plt = plots.plt
@@ -99,67 +103,68 @@ def summary_lines(study: xr.Dataset, max_groups: int = 20) -> list[str]:
     return out
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-            *["| " + " | ".join(r) + " |" for r in rows], ""]
-
-
-def curves_section(study: xr.Dataset, hexbin: str | None = None, spearman: str | None = None) -> list[str]:
-    """The study's markdown section (figure file names relative to the markdown file)."""
+def curves_document(study: xr.Dataset, hexbin: Path | None = None, spearman: Path | None = None) -> Document:
+    """The study as a report document (figures, when given, are PNG paths already written)."""
     st = settings_of(study)
     groups = study["group"].values.astype(str)
     full = _full(study)
-    lines = ["## Proxy reliability on training curves", "",
-             f"Source: {study.attrs.get('curves_source', '?')} ({study.attrs.get('curves_layout', '?')}, "
-             f"{int(study.attrs.get('curves_records', 0)):,} records; "
-             f"{int(study.attrs.get('curves_dropped_duplicate_configurations', 0)):,} configurations with duplicated "
-             "epochs left out).  ",
-             f"Proxy: accuracy at epoch {st.proxy_epoch}; target: {_target_text(study)}; groups: "
-             f"{st.by or 'all configurations pooled'}; intervals: {st.level:.0%} percentile bootstrap over "
-             f"configurations ({st.draws:,} resamples, seed {st.seed}).", "",
-             "### Configurations", ""]
-    rows = [[g, f"{int(study['n_configurations'].values[i]):,}", f"{int(_at(study, 'n', i, full)):,}",
-             f"{int(study['n_no_proxy'].values[i]):,}", f"{int(study['n_cut_short'].values[i]):,}",
-             f"{int(study['n_no_target'].values[i]):,}", f"{int(study['n_epoch_zero'].values[i]):,}",
-             _fmt(float(study['median_target_epoch'].values[i]), 0)] for i, g in enumerate(groups)]
-    lines += _table(["group", "configurations", "paired", "no proxy epoch", "cut short (survivorship)",
-                     "target not stored", "numbered from epoch 0", "median target epoch"], rows)
-    lines += ["Cut-short runs (LEMUR stops a run whose accuracy falls below a bar) are not in the study, so "
-              "it describes runs that survived past the proxy epoch. Epochs are as stored: for a family "
-              "numbered from 0 the proxy epoch is its second.", ""]
+    meta = [f"Source: {study.attrs.get('curves_source', '?')} ({study.attrs.get('curves_layout', '?')}, "
+            f"{int(study.attrs.get('curves_records', 0)):,} records; "
+            f"{int(study.attrs.get('curves_dropped_duplicate_configurations', 0)):,} configurations with duplicated "
+            "epochs left out)",
+            f"Proxy: accuracy at epoch {st.proxy_epoch}; target: {_target_text(study)}; groups: "
+            f"{st.by or 'all configurations pooled'}; intervals: {st.level:.0%} percentile bootstrap over "
+            f"configurations ({st.draws:,} resamples, seed {st.seed})"]
+    configurations = Table(
+        ["group", "configurations", "paired", "no proxy epoch", "cut short (survivorship)", "target not stored",
+         "numbered from epoch 0", "median target epoch"],
+        [[g, _fmt(int(study["n_configurations"].values[i])), _fmt(int(_at(study, "n", i, full))),
+          *(_fmt(int(study[v].values[i])) for v in ("n_no_proxy", "n_cut_short", "n_no_target", "n_epoch_zero")),
+          _fmt(float(study["median_target_epoch"].values[i]), 0)] for i, g in enumerate(groups)])
+    blocks: list = [configurations, Text(
+        "Cut-short runs (LEMUR stops a run whose accuracy falls below a bar) are not in the study, so it describes "
+        "runs that survived past the proxy epoch. Epochs are as stored: for a family numbered from 0 the proxy "
+        "epoch is its second.")]
     if len(groups) > MAX_PLOTTED:
-        lines += [f"The figures show the {MAX_PLOTTED} largest of the {len(groups)} groups.", ""]
+        blocks.append(Text(f"The figures show the {MAX_PLOTTED} largest of the {len(groups)} groups."))
     if hexbin:
-        lines += [f"![proxy vs target]({hexbin})", ""]
-    lines += ["### Rank agreement", ""]
-    rows = [[g, f"{int(_at(study, 'n', i, full)):,}", _ci(study, "pearson", i, full), _ci(study, "spearman", i, full),
-             _ci(study, "kendall", i, full), _fmt(_at(study, "arcsin_prediction", i, full)),
-             _fmt(_at(study, "moran_expectation", i, full)), _ci(study, "gap", i, full),
-             _ci(study, "identity_gap", i, full), _fmt(_at(study, "pairs_to_resolve_gap", i, full), 0)]
-            for i, g in enumerate(groups)]
-    lines += _table(["group", "n", "Pearson", "Spearman", "Kendall tau_b", "arcsin (6/pi) asin(r/2)", "Moran at n",
-                     "gap: Spearman - Moran", "Spearman - Pearson", "pairs to resolve the gap"], rows)
-    rows = [[g, _fmt(_at(study, "copula_from_spearman", i, full)), _fmt(_at(study, "copula_from_kendall", i, full)),
-             _ci(study, "copula_difference", i, full), _tie(study, "proxy", i, full), _tie(study, "target", i, full)]
-            for i, g in enumerate(groups)]
-    lines += _table(["group", "2 sin(pi r_S/6)", "sin(pi tau/2)", "difference",
-                     "proxy: tied values; largest tie block", "target: tied values; largest tie block"], rows)
-    lines += ["### Verdicts", ""]
-    lines += [f"- {c.title}: {c.verdict_line()}" for c in claims(study)]
-    lines += ["", "### Ceiling truncation: the top k% by target accuracy", ""]
-    if spearman:
-        lines += [f"![predicted vs observed Spearman]({spearman})", ""]
-    rows = []
-    for i, g in enumerate(groups):
-        for j, k in enumerate(study["top_k"].values):
-            rows.append([g, f"{int(k)}%", f"{int(_at(study, 'n', i, j)):,}", _fmt(_at(study, "pearson", i, j)),
-                         _fmt(_at(study, "spearman", i, j)), _fmt(_at(study, "moran_expectation", i, j)),
-                         _ci(study, "gap", i, j), _ci(study, "copula_difference", i, j),
-                         str(study["verdict_arcsin"].values[i, j]), str(study["verdict_copula"].values[i, j])])
-    lines += _table(["group", "kept", "n", "Pearson", "Spearman", "Moran", "gap", "copula difference",
-                     ARCSIN_TITLE, COPULA_TITLE], rows)
-    lines += ["A tie block at the cut is kept or dropped whole, so 'kept' is approximate; n is what was used.", ""]
-    return lines
+        blocks.append(Figure(hexbin, "proxy vs target accuracy"))
+    agreement = Table(
+        ["group", "n", "Pearson", "Spearman", "Kendall tau_b", "arcsin (6/pi) asin(r/2)", "Moran at n",
+         "gap: Spearman - Moran", "Spearman - Pearson", "pairs to resolve the gap"],
+        [[g, _fmt(int(_at(study, "n", i, full))), _ci(study, "pearson", i, full), _ci(study, "spearman", i, full),
+          _ci(study, "kendall", i, full), _fmt(_at(study, "arcsin_prediction", i, full)),
+          _fmt(_at(study, "moran_expectation", i, full)), _ci(study, "gap", i, full),
+          _ci(study, "identity_gap", i, full), _fmt(_at(study, "pairs_to_resolve_gap", i, full), 0)]
+         for i, g in enumerate(groups)])
+    copula = Table(
+        ["group", "2 sin(pi r_S/6)", "sin(pi tau/2)", "difference", "proxy: tied values; largest tie block",
+         "target: tied values; largest tie block"],
+        [[g, _fmt(_at(study, "copula_from_spearman", i, full)), _fmt(_at(study, "copula_from_kendall", i, full)),
+          _ci(study, "copula_difference", i, full), _tie(study, "proxy", i, full), _tie(study, "target", i, full)]
+         for i, g in enumerate(groups)])
+    truncation = Table(
+        ["group", "kept", "n", "Pearson", "Spearman", "Moran", "gap", "copula difference", ARCSIN_TITLE, COPULA_TITLE],
+        [[g, f"{int(k)}%", _fmt(int(_at(study, "n", i, j))), _fmt(_at(study, "pearson", i, j)),
+          _fmt(_at(study, "spearman", i, j)), _fmt(_at(study, "moran_expectation", i, j)), _ci(study, "gap", i, j),
+          _ci(study, "copula_difference", i, j), str(study["verdict_arcsin"].values[i, j]),
+          str(study["verdict_copula"].values[i, j])]
+         for i, g in enumerate(groups) for j, k in enumerate(study["top_k"].values)])
+    sections = [
+        Section("Configurations", blocks, "configurations"),
+        Section("Rank agreement", [agreement, copula], "agreement"),
+        Section("Verdicts", [
+            Text(f"The {ARCSIN_TITLE} is supported when the gap's CI holds 0 and the CI of Spearman - Pearson "
+                 f"does not; the {COPULA_TITLE} when the CI of the difference holds 0 and lies within "
+                 f"+-{st.copula_resolution:g}; either needs {st.min_pairs} configurations."),
+            verdict_table(claims(study, full))], "verdicts"),
+        Section("Ceiling truncation: the top k% by target accuracy", [
+            *([Figure(spearman, "predicted vs observed Spearman and the copula difference")] if spearman else []),
+            truncation,
+            Text("A tie block at the cut is kept or dropped whole, so 'kept' is approximate; n is what was used.")],
+            "truncation"),
+    ]
+    return Document("Proxy reliability on training curves", meta, sections)
 
 
 def plotted_groups(study: xr.Dataset) -> list[tuple[int, str]]:
@@ -240,7 +245,8 @@ def plot_spearman_agreement(study: xr.Dataset, path: Path) -> Path:
 
 
 def write_curves_report(study: xr.Dataset, out: str | Path) -> Path:
-    """Write the netCDF, both figures and ``proxy_curves.md`` into ``out``; return the markdown path."""
+    """Write the netCDF, both figures, ``proxy_curves.md`` and ``proxy_curves.html`` into ``out``;
+    return the markdown path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "proxy_curves.nc.tmp"
@@ -249,11 +255,13 @@ def write_curves_report(study: xr.Dataset, out: str | Path) -> Path:
                 for k in study.variables}
     study.to_netcdf(tmp, encoding=encoding)
     os.replace(tmp, out / "proxy_curves.nc")
-    plot_hexbins(study, out / "proxy_curves_hexbin.png")
-    plot_spearman_agreement(study, out / "proxy_curves_spearman.png")
+    hexbin, spearman = out / "proxy_curves_hexbin.png", out / "proxy_curves_spearman.png"
+    plot_hexbins(study, hexbin)
+    plot_spearman_agreement(study, spearman)
+    doc = curves_document(study, hexbin, spearman)
+    write_html(doc, out / "proxy_curves.html")
     path = out / "proxy_curves.md"
-    path.write_text("\n".join(["# Proxy study on training curves", "",
-                               *curves_section(study, "proxy_curves_hexbin.png", "proxy_curves_spearman.png")]) + "\n")
+    path.write_text(markdown(doc, out))
     return path
 
 

@@ -5,9 +5,9 @@
 clone of ABrain-One/nn-dataset: ``cem_nas.curves``) and tests, per group, the arcsin law
 on the raw Pearson between the proxy and the target epoch, the normal-copula reading of
 the ranks, and how both move when only the top k% by target accuracy are kept
-(``analysis.proxy_curves``). Writes ``OUT/proxy_curves.nc``, two figures and
-``OUT/proxy_curves.md``; on LEMUR's six image datasets (36,365 configurations) it takes
-about 25 s here (see README).
+(``analysis.proxy_curves``). Writes ``OUT/proxy_curves.nc``, two figures,
+``OUT/proxy_curves.md`` and ``.html``; on LEMUR's six image datasets (36,365
+configurations) it takes about 25 s on the 2-core development machine (see README).
 
 ``python -m experiments.proxy_study RUN_DIR [RUN_DIR ...]``:
 Takes architectures from one or more runs - the top ``--top`` by proxy score and
@@ -261,7 +261,8 @@ def curves_main(args: argparse.Namespace) -> int:
     study = curve_study(curves, settings)
     path = write_curves_report(study, args.out or CURVES_OUT)
     print("\n".join(summary_lines(study)))
-    print(f"written: {path}, {path.with_suffix('.nc')} and 2 figures ({time.perf_counter() - start:.1f} s)")
+    print(f"written: {path}, {path.with_suffix('.html')}, {path.with_suffix('.nc')} and 2 figures "
+          f"({time.perf_counter() - start:.1f} s)")
     return 0
 
 

@@ -145,10 +145,12 @@ def test_settings_refuse_bad_values(kw, match):
 def test_report_is_written_and_survives_a_netcdf_round_trip(study, tmp_path):
     path = pr.write_curves_report(study, tmp_path)
     text = path.read_text()
-    assert "normal: arcsin law on the raw Pearson: **Verdict: supported**" in text
-    assert "ceiling: arcsin law on the raw Pearson: **Verdict: not supported**" in text
-    assert "floor: normal-copula reading: **Verdict: not supported**" in text
-    assert "| floor | 25% |" in text
+    assert "| normal: arcsin law on the raw Pearson | supported | n = 3,000: Spearman" in text
+    assert "| ceiling: arcsin law on the raw Pearson | not supported |" in text
+    assert "| floor: normal-copula reading | not supported |" in text
+    assert "| floor | 25% | 750 |" in text
+    html = (tmp_path / "proxy_curves.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and 'class="verdict v-not-supported"' in html
     for png in ("proxy_curves_hexbin.png", "proxy_curves_spearman.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     back = xr.load_dataset(tmp_path / "proxy_curves.nc")
@@ -168,7 +170,7 @@ def test_console_summary_and_figures_stay_readable_with_many_groups(study, monke
     monkeypatch.setattr(pr, "MAX_PLOTTED", 2)
     assert [name for _, name in pr.plotted_groups(study)] == ["ceiling", "floor"]  # equal n: first two
     pr.plot_spearman_agreement(study, tmp_path / "s.png")
-    assert "The figures show the 2 largest of the 3 groups." in "\n".join(pr.curves_section(study))
+    assert "The figures show the 2 largest of the 3 groups." in pr.markdown(pr.curves_document(study), tmp_path)
 
 
 def test_cli_curves_mode(tmp_path, capsys):
