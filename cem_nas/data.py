@@ -561,6 +561,28 @@ def cache_dir() -> Path:
     return cache_root() / "data"
 
 
+def label_files(dataset: Any) -> list[str]:
+    """Paths that hold a dataset's labels, test labels included: the whole cache root
+    (prepared tensors, the default raw folder), the source file or folder it was read
+    from, and scikit-learn's bundled data folder for ``digits``. The sandbox makes them
+    unreadable to candidate code; a dataset built elsewhere needs its own files passed as
+    ``protect`` as well.
+
+    >>> str(cache_root()) in label_files(object())
+    True
+    """
+    info = getattr(dataset, "info", None) or {}
+    paths = [str(cache_root())]
+    for key in ("source", "cache_file"):
+        if isinstance(info.get(key), str) and os.path.exists(info[key]):
+            paths.append(info[key])
+    if getattr(dataset, "name", "") == "digits":
+        spec = importlib.util.find_spec("sklearn")
+        paths += [os.path.join(folder, "datasets", "data") for folder in (spec.submodule_search_locations or [])
+                  ] if spec else []
+    return paths
+
+
 def _save_atomic(path: Path, payload: dict) -> None:
     """torch.save to a temporary file in the same directory, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,16 @@ candidate is ``ok`` only if its accuracy beats 1.2 x chance (LEMUR's bar); other
 is ``low_accuracy`` and keeps its score.
 
 Everything that touches candidate code runs in a sandbox child (:mod:`cem_nas.sandbox`).
+The child answers with raw predictions (one class per test image, :data:`PREDICTION_DTYPE`)
+and never sees a test label; :class:`EvaluationPool`, in a process that never runs candidate
+code, checks them and computes accuracy and the status (see the sandbox's threat model).
 Use :class:`EvaluationPool` for many candidates (warm workers, a cache so an identical
 candidate is never trained twice); :func:`evaluate` is the one-off convenience.
 """
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
 import dataclasses
 import hashlib
@@ -26,16 +30,25 @@ import threading
 import time
 import traceback
 import types
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from cem_nas.records import EvalResult
-from cem_nas.sandbox import (REFUSALS, ChildOutcome, Limits, PolicyViolation, SandboxPool, SandboxRefusal,
-                             WorkerLost, check_policy, guarded_import, run_child)
+from cem_nas.sandbox import (REFUSALS, ChildOutcome, Confinement, Limits, PolicyViolation, SandboxPool,
+                             SandboxRefusal, WorkerLost, check_policy, guarded_import, run_child)
 
 #: LEMUR's ``ok`` bar: accuracy must exceed this multiple of chance (1 / num_classes).
 CHANCE_FACTOR = 1.2
+
+#: How a child returns its predictions: little-endian int32 class indices, one per test image.
+PREDICTION_DTYPE = np.dtype("<i4")
+
+#: Bounds on what a child reports besides its predictions (beyond them the value is dropped).
+MAX_PARAMS, MAX_FLOPS = 10**13, 10**18
 
 #: Builtins withheld from candidate code at run time (the AST policy refuses them too).
 _WITHHELD_BUILTINS = ("open", "exec", "eval", "compile", "breakpoint", "input", "globals",
@@ -254,7 +267,9 @@ def _flops_per_sample(model, probe) -> int:
 
 
 def child_evaluate(state: dict, code: str, seed: int, settings: dict, emit: Callable[[dict], None]) -> None:
-    """The proxy run of one (candidate, seed), inside a sandbox child; emits the result.
+    """The proxy run of one (candidate, seed), inside a sandbox child: emits a failure
+    status, or status ``trained`` with the predicted class of each test image (the child
+    holds no test labels; the trusted side scores them).
 
     Stages are announced before they start so a crash is attributed to the right one.
     """
@@ -328,21 +343,21 @@ def child_evaluate(state: dict, code: str, seed: int, settings: dict, emit: Call
         emit({"stage": "eval"})
         start = time.perf_counter()
         model.eval()
-        correct = 0
-        x_test, y_test = state["x_test"], state["y_test"]
+        x_test, predicted = state["x_test"], []
         with torch.no_grad():
-            for i in range(0, len(y_test), cfg.eval_batch_size):
-                out = model(x_test[i:i + cfg.eval_batch_size].to(device))
+            for i in range(0, len(x_test), cfg.eval_batch_size):
+                batch = x_test[i:i + cfg.eval_batch_size]
+                out = model(batch.to(device))
+                if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(batch), state["num_classes"]):
+                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                    raise ValueError(f"forward gave {got} on a test batch of {len(batch)}")
                 if not bool(torch.isfinite(out).all()):
                     raise NonFiniteLoss("test outputs are not finite")
-                correct += int((out.argmax(1).cpu() == y_test[i:i + cfg.eval_batch_size]).sum())
+                predicted.append(out.argmax(1).cpu())
+        raw = torch.cat(predicted).numpy().astype(PREDICTION_DTYPE).tobytes()
         result["eval_seconds"] = time.perf_counter() - start
-        result["accuracy"] = correct / len(y_test)
-        ok = result["accuracy"] > CHANCE_FACTOR / state["num_classes"]
-        if REFUSALS:
-            return finish("policy_violation", f"refused: {REFUSALS[0]}")
-        return finish("ok" if ok else "low_accuracy",
-                      "" if ok else f"accuracy {result['accuracy']:.4f} <= {CHANCE_FACTOR} x chance")
+        emit({"result": dict(result, status="trained", message=""), "predictions": base64.b64encode(raw).decode()})
+        return None
     except BaseException as exc:  # anything the candidate raises is its status
         what = f"refused: {REFUSALS[0]}" if REFUSALS else f"{type(exc).__name__}: {exc}"
         failed = (_status_for(exc, stage), what + _candidate_line(exc.__traceback__))
@@ -354,9 +369,12 @@ def child_evaluate(state: dict, code: str, seed: int, settings: dict, emit: Call
 # ---------------------------------------------------------------------------- worker side
 
 def worker_init(arrays: dict, num_classes: int, device: str) -> dict:
-    """Worker state: the dataset as private tensors, models warmed up once so children
+    """Worker state: the training split and the test *images* as private tensors (never
+    the test labels: every child inherits this memory), models warmed up once so children
     inherit torch's lazily loaded code instead of loading it each time."""
     import torch
+    if "y_test" in arrays:
+        raise ValueError("test labels must not enter a sandbox worker: its children run candidate code")
     state = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
     state["num_classes"] = num_classes
     _, c, h, w = state["x_train"].shape
@@ -374,19 +392,59 @@ def worker_init(arrays: dict, num_classes: int, device: str) -> dict:
 _SEED_INDEPENDENT = ("syntax_error", "policy_violation", "build_error", "shape_error", "timeout",
                      "memory_error")
 
+#: Statuses a child may report about itself; ``trained`` comes with predictions and is
+#: turned into ``ok``/``low_accuracy`` only by :func:`score`.
+_CHILD_STATUSES = frozenset({"build_error", "shape_error", "nan_loss", "train_error", "memory_error",
+                             "policy_violation", "trained"})
 
-def outcome_result(outcome: ChildOutcome, seed: int, limits: Limits) -> EvalResult:
-    """The EvalResult of one child, from what it sent and how it ended."""
+#: Status of a trained result until the trusted side scores it: a result that somehow
+#: skipped scoring is a failure, never a success.
+_UNSCORED = "train_error"
+
+
+def _bounded(value: Any, kind: type, low: float, high: float, default: Any) -> Any:
+    """``value`` if it is a ``kind`` (bool excluded) within [low, high] and finite, else ``default``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return default
+    return kind(value) if math.isfinite(value) and low <= value <= high else default
+
+
+def outcome_result(outcome: ChildOutcome, seed: int, limits: Limits, n_test: int) -> tuple[EvalResult, bytes | None]:
+    """(EvalResult, raw predictions or None) of one child, from what it sent and how it
+    ended. Everything the child sent is untrusted: its status must be one a child may
+    report, counts and times are dropped when out of bounds (times beyond the child's
+    wall-clock life included), and predictions must be exactly ``n_test`` values of
+    :data:`PREDICTION_DTYPE`. A trained result is :data:`_UNSCORED` until :func:`score`."""
+    refused = next((m["refused"] for m in outcome.messages if isinstance(m.get("refused"), str)), "")
     for msg in outcome.messages:
-        if "result" in msg:
-            data = {k: v for k, v in msg["result"].items() if k in _RESULT_FIELDS}
-            try:
-                return EvalResult(**dict(data, seed=seed))
-            except (TypeError, ValueError) as exc:
-                return EvalResult("train_error", f"malformed result from the child: {exc}", seed=seed)
+        if not isinstance(msg.get("result"), dict):
+            continue
+        data, wall = msg["result"], outcome.wall_s
+        fields = dict(params=_bounded(data.get("params"), int, 0, MAX_PARAMS, -1),
+                      flops=_bounded(data.get("flops"), int, -1, MAX_FLOPS, -1),
+                      loss=_bounded(data.get("loss"), float, -math.inf, math.inf, math.nan),
+                      train_seconds=_bounded(data.get("train_seconds"), float, 0, wall, math.nan),
+                      eval_seconds=_bounded(data.get("eval_seconds"), float, 0, wall, math.nan), seed=seed)
+        status, message = data.get("status"), str(data.get("message", ""))[:2000]
+        if status not in _CHILD_STATUSES:
+            return EvalResult("train_error", f"malformed result from the child: status {str(status)[:40]!r}",
+                              **fields), None
+        if refused:
+            return EvalResult("policy_violation", f"refused: {refused}", **fields), None
+        if status != "trained":
+            return EvalResult(status, message, **fields), None
+        try:
+            raw = base64.b64decode(msg.get("predictions", ""), validate=True)
+        except (TypeError, ValueError):
+            raw = b""
+        if len(raw) != n_test * PREDICTION_DTYPE.itemsize:
+            return EvalResult("train_error", f"malformed predictions from the child ({len(raw)} bytes; expected "
+                                             f"{n_test} x {PREDICTION_DTYPE.itemsize})", **fields), None
+        return EvalResult(_UNSCORED, "trained; not scored yet", **fields), raw
     status, message = _crash_status(outcome, limits)
-    known = {k: m[k] for m in outcome.messages for k in ("params", "flops") if isinstance(m.get(k), int)}
-    return EvalResult(status, message, seed=seed, **known)
+    known = {k: m[k] for m in outcome.messages for k in ("params", "flops")
+             if _bounded(m.get(k), int, -1, MAX_FLOPS, None) is not None}
+    return EvalResult(status, message, seed=seed, **known), None
 
 
 def _crash_status(outcome: ChildOutcome, limits: Limits) -> tuple[str, str]:
@@ -395,7 +453,7 @@ def _crash_status(outcome: ChildOutcome, limits: Limits) -> tuple[str, str]:
     stage = {"train_setup": "build_error", "eval": "train_error"}.get(stages[-1] if stages else "", "")
     stage = stage or (stages[-1] if stages and stages[-1] in ("shape_error", "train_error") else "build_error")
     during = f"during {stage.replace('_error', '')}"
-    refused = next((m["refused"] for m in outcome.messages if "refused" in m), "")
+    refused = next((m["refused"] for m in outcome.messages if isinstance(m.get("refused"), str)), "")
     if refused:
         return "policy_violation", f"refused: {refused}; the child then {outcome.describe()}"
     if outcome.timed_out:
@@ -404,26 +462,27 @@ def _crash_status(outcome: ChildOutcome, limits: Limits) -> tuple[str, str]:
         return "timeout", f"exceeded the CPU-time limit {during}"
     if outcome.signal == signal.SIGKILL:  # not ours (ours is timed_out): the kernel's OOM killer
         return "memory_error", f"{outcome.describe()} (likely out of memory) {during}"
-    harness = next((m["harness_error"] for m in outcome.messages if "harness_error" in m), "")
+    harness = next((str(m["harness_error"]) for m in outcome.messages if "harness_error" in m), "")
     return stage, f"{outcome.describe()} without a result {during}" + (f"; harness error: {harness}" if harness else "")
 
 
-_RESULT_FIELDS = {f.name for f in dataclasses.fields(EvalResult)}
-
-
-def worker_handle(state: dict, payload: dict, workdir: str) -> list[dict]:
-    """Run the seeds of one candidate, each in its own child; a seed-independent failure
-    is not repeated for the remaining seeds."""
+def worker_handle(state: dict, payload: dict, workdir: str, confinement: Confinement) -> list[tuple[dict, bytes | None]]:
+    """Run the seeds of one candidate, each in its own child: (result fields, raw
+    predictions or None) per seed. A seed-independent failure is not repeated for the
+    remaining seeds."""
     settings = EvalSettings(**payload["settings"])
-    limits = dataclasses.replace(settings.limits(), protect=tuple(payload.get("protect", ())))
-    out: list[EvalResult] = []
+    limits = settings.limits()
+    n_test = len(state["x_test"])
+    out: list[tuple[EvalResult, bytes | None]] = []
     for seed in payload["seeds"]:
-        if out and out[0].status in _SEED_INDEPENDENT:
-            out.append(dataclasses.replace(out[0], seed=seed, message=f"{out[0].message} (as seed {out[0].seed}; not rerun)"))
+        if out and out[0][0].status in _SEED_INDEPENDENT:
+            first = out[0][0]
+            out.append((dataclasses.replace(first, seed=seed, message=f"{first.message} (as seed {first.seed}; not rerun)"), None))
             continue
-        outcome = run_child(child_evaluate, (state, payload["code"], seed, payload["settings"]), limits, workdir)
-        out.append(outcome_result(outcome, seed, limits))
-    return [dataclasses.asdict(r) for r in out]
+        outcome = run_child(child_evaluate, (state, payload["code"], seed, payload["settings"]), limits, workdir,
+                            confinement, max_bytes=2 * n_test * PREDICTION_DTYPE.itemsize)
+        out.append(outcome_result(outcome, seed, limits, n_test))
+    return [(dataclasses.asdict(r), raw) for r, raw in out]
 
 
 # ---------------------------------------------------------------------------- parent side
@@ -455,6 +514,62 @@ def static_result(code: str, seeds: Sequence[int]) -> list[EvalResult] | None:
     return [EvalResult(status, message, seed=s) for s in seeds]
 
 
+def score(fields: dict, raw: bytes | None, labels: np.ndarray, num_classes: int) -> EvalResult:
+    """The final EvalResult of one proxy run, computed on the trusted side.
+
+    ``raw`` (None for a run that failed) holds the child's predicted class per test image
+    as :data:`PREDICTION_DTYPE`; accuracy = share equal to ``labels`` (in [0, 1] by
+    construction); ``ok`` needs accuracy > CHANCE_FACTOR / num_classes. Predictions of the
+    wrong length or outside 0..num_classes-1 make the run ``train_error``.
+
+    >>> labels = np.array([0, 1, 1, 2])
+    >>> r = score({"status": "train_error"}, np.array([0, 1, 0, 2], "<i4").tobytes(), labels, 3)
+    >>> r.status, r.accuracy
+    ('ok', 0.75)
+    >>> score({"status": "train_error"}, np.array([0, 1, 9, 2], "<i4").tobytes(), labels, 3).message
+    'predictions outside 0..2 (seen 0..9)'
+    """
+    result = EvalResult(**fields)
+    if raw is None:
+        return result
+    predicted = np.frombuffer(raw, dtype=PREDICTION_DTYPE) if len(raw) % PREDICTION_DTYPE.itemsize == 0 else None
+    if predicted is None or len(predicted) != len(labels):
+        got = "a partial value" if predicted is None else f"{len(predicted)} values"
+        return dataclasses.replace(result, status="train_error",
+                                   message=f"predictions malformed: {got} for {len(labels)} test images")
+    low, high = int(predicted.min()), int(predicted.max())
+    if low < 0 or high >= num_classes:
+        return dataclasses.replace(result, status="train_error",
+                                   message=f"predictions outside 0..{num_classes - 1} (seen {low}..{high})")
+    accuracy = float(np.mean(predicted == labels))
+    ok = accuracy > CHANCE_FACTOR / num_classes
+    return dataclasses.replace(result, accuracy=accuracy, status="ok" if ok else "low_accuracy",
+                               message="" if ok else f"accuracy {accuracy:.4f} <= {CHANCE_FACTOR} x chance")
+
+
+def secret_order(labels: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """The order in which the test images are shown to candidates: a permutation seeded
+    from a hash of the test labels and images. Deterministic (every worker, every machine,
+    every run sees the same order), yet a child, which holds no test labels, cannot
+    compute it, so a split stored in a meaningful order (sorted by class) tells it nothing.
+
+    >>> y = np.repeat(np.arange(3), 4); x = np.zeros((12, 1))
+    >>> order = secret_order(y, x)
+    >>> sorted(order.tolist()) == list(range(12)), bool((secret_order(y, x) == order).all())
+    (True, True)
+    """
+    digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes() + np.ascontiguousarray(images).tobytes())
+    return np.random.default_rng(int.from_bytes(digest.digest()[:16], "little")).permutation(len(labels))
+
+
+def train_copies_in_test(x_train: np.ndarray, x_test: np.ndarray) -> int:
+    """How many test images are byte-for-byte copies of a training image (a candidate that
+    memorises the training set gets those right without generalising). 0 of 1,000 for
+    mnist5k (measured with this function)."""
+    seen = {hash(row.tobytes()) for row in x_train.reshape(len(x_train), -1)}
+    return sum(hash(row.tobytes()) in seen for row in x_test.reshape(len(x_test), -1))
+
+
 def _dataset_id(dataset) -> str:
     return json.dumps([getattr(dataset, "name", ""), list(dataset.in_shape), int(dataset.num_classes),
                        len(dataset.y_train), len(dataset.y_test)])
@@ -468,8 +583,14 @@ class EvaluationPool:
 
     ``dataset`` needs x_train, y_train, x_test, y_test (tensors), in_shape (C, H, W) and
     num_classes (a :class:`cem_nas.data.Dataset`). ``workers`` defaults to
-    cpu_count // settings.threads. ``protect`` lists directories whose files a candidate
-    may not even read (the run directory, say); writes are refused everywhere.
+    cpu_count // settings.threads. ``protect`` lists paths whose files a candidate may not
+    even read (the run directory, say); the files that hold the dataset's labels
+    (:func:`cem_nas.data.label_files`) are always added. Writes are refused everywhere.
+
+    The test labels stay in this process: workers get the test images in
+    :func:`secret_order`, children answer with predictions, and :func:`score` turns them
+    into accuracy and status here. A worker that cannot start raises
+    :class:`cem_nas.sandbox.WorkerStartError`.
     """
 
     def __init__(self, dataset, settings: EvalSettings | None = None, workers: int | None = None,
@@ -483,13 +604,23 @@ class EvaluationPool:
         self.settings = settings or EvalSettings()
         self.cache = cache if cache is not None else EvaluationCache()
         self._dataset_id = _dataset_id(dataset)
-        self._protect = tuple(str(p) for p in protect)
+        from cem_nas.data import label_files
+        self._protect = tuple(str(p) for p in protect) + tuple(label_files(dataset))
         arrays = {k: getattr(dataset, k).detach().cpu().contiguous().numpy()
                   for k in ("x_train", "y_train", "x_test", "y_test")}
+        labels = arrays.pop("y_test").astype(np.int64)
+        order = secret_order(labels, arrays["x_test"])
+        arrays["x_test"], self._labels = arrays["x_test"][order], labels[order]
+        self._num_classes = int(dataset.num_classes)
+        copies = train_copies_in_test(arrays["x_train"], arrays["x_test"])
+        if copies:
+            warnings.warn(f"{copies} of {len(labels)} test images are exact copies of training images: "
+                          "a candidate that memorises the training set scores them without generalising",
+                          RuntimeWarning, stacklevel=2)
         self._pool = SandboxPool("cem_nas.evaluate:worker_init",
-                                 (arrays, int(dataset.num_classes), self.settings.device),
+                                 (arrays, self._num_classes, self.settings.device),
                                  "cem_nas.evaluate:worker_handle", workers=workers,
-                                 threads=self.settings.threads)
+                                 threads=self.settings.threads, protect=self._protect)
 
     @property
     def workers(self) -> int:
@@ -519,14 +650,13 @@ class EvaluationPool:
         if static is not None:
             complete(fut, self.cache, seeds, keys, cached, static)
             return fut
-        payload = {"code": code, "seeds": todo, "settings": dataclasses.asdict(self.settings),
-                   "protect": self._protect}
+        payload = {"code": code, "seeds": todo, "settings": dataclasses.asdict(self.settings)}
         # Every seed may run to its limit; the worker needs a margin to report back.
         inner = self._pool.submit(payload, deadline_s=len(todo) * (self.settings.timeout_s + 10) + 30)
 
         def done(f: Future) -> None:
             try:
-                fresh = [EvalResult(**r) for r in f.result()]
+                fresh = [score(fields, raw, self._labels, self._num_classes) for fields, raw in f.result()]
             except WorkerLost as exc:
                 fresh = [EvalResult("worker_lost", str(exc), seed=s) for s in todo]
             except Exception as exc:  # a bug in the harness, not the candidate: surface it

@@ -1,16 +1,20 @@
 """Proxy evaluation: the LEMUR protocol on real data, reproducibility, the cache, and the
 mapping from how a sandbox child ended to a status."""
+import base64
+import dataclasses
 import json
 import math
 import signal
 
+import numpy as np
 import pytest
 import torch
 
 from cem_nas import zoo
 from cem_nas.data import load_dataset
 from cem_nas.evaluate import (BatchLoader, EvalSettings, EvaluationCache, EvaluationPool, cache_key, evaluate,
-                              normalise_code, outcome_result, static_result)
+                              normalise_code, outcome_result, score, secret_order, static_result,
+                              train_copies_in_test)
 from cem_nas.records import STATUSES, EvalResult
 from cem_nas.sandbox import ChildOutcome, Limits
 from test_sandbox import BASE, tiny_dataset
@@ -148,9 +152,78 @@ def test_batch_loader_is_seeded_and_reshuffles_each_epoch():
     (ChildOutcome([{"stage": "eval"}], signal=signal.SIGBUS), "train_error", "SIGBUS"),
     (ChildOutcome([{"stage": "train_error"}, {"refused": "os.fork()"}], signal=signal.SIGSEGV),
      "policy_violation", "os.fork"),
-    (ChildOutcome([{"result": {"status": "ok", "accuracy": 0.5, "seed": 9}}]), "ok", ""),
+    (ChildOutcome([{"result": {"status": "build_error", "message": "no Net", "seed": 9}}]), "build_error", "no Net"),
+    # A child cannot score itself: ok / low_accuracy are decided from its predictions only.
+    (ChildOutcome([{"result": {"status": "ok", "accuracy": 0.5}}]), "train_error", "malformed"),
+    (ChildOutcome([{"result": {"status": "low_accuracy"}}]), "train_error", "malformed"),
     (ChildOutcome([{"result": {"status": "pwned"}}]), "train_error", "malformed"),
+    (ChildOutcome([{"result": {"status": "trained"}, "predictions": "AAAA"}]), "train_error", "malformed predictions"),
+    (ChildOutcome([{"result": {"status": "trained"}, "predictions": 7}]), "train_error", "malformed predictions"),
+    (ChildOutcome([{"refused": "os.fork()"}, {"result": {"status": "trained"}, "predictions": ""}]),
+     "policy_violation", "os.fork"),
 ])
 def test_child_endings_map_to_statuses(outcome, status, text):
-    r = outcome_result(outcome, seed=2, limits=Limits(timeout_s=7))
-    assert r.status == status and r.status in STATUSES and text in r.message and r.seed == 2
+    r, raw = outcome_result(outcome, seed=2, limits=Limits(timeout_s=7), n_test=3)
+    assert r.status == status and r.status in STATUSES and text in r.message and r.seed == 2 and raw is None
+
+
+def test_untrusted_child_fields_are_bounded_and_predictions_pass_unscored():
+    """What the child says about itself is kept only within bounds; predictions of the
+    right size pass through unscored (train_error until the trusted side scores them)."""
+    raw = np.array([0, 3, 1], "<i4").tobytes()
+    forged = {"status": "trained", "accuracy": 1.0, "params": 10**30, "flops": -5, "loss": "low",
+              "train_seconds": 1e9, "eval_seconds": 0.01, "seed": 99}
+    outcome = ChildOutcome([{"result": forged, "predictions": base64.b64encode(raw).decode()}], exit_code=0, wall_s=2.0)
+    r, got = outcome_result(outcome, seed=2, limits=Limits(), n_test=3)
+    assert got == raw and r.status == "train_error" and math.isnan(r.accuracy)
+    assert (r.params, r.flops, r.seed, r.eval_seconds) == (-1, -1, 2, 0.01)
+    assert math.isnan(r.loss) and math.isnan(r.train_seconds)  # a string; longer than the child lived
+    scored = score(dataclasses.asdict(r), got, np.array([0, 3, 2]), num_classes=4)
+    assert (scored.status, scored.accuracy) == ("ok", 2 / 3)
+    assert score(dataclasses.asdict(r), got, np.array([0, 3, 2]), num_classes=3).status == "train_error"  # 3 > 2
+    assert "malformed" in score(dataclasses.asdict(r), got[:-2], np.array([0, 3, 2]), num_classes=4).message
+
+
+def test_test_split_is_shown_in_a_secret_order(mnist):
+    """mnist5k's test split is sorted by class: predicting 10 * i // n for image i would
+    score 100% in source order; in the order the workers see it scores about chance."""
+    labels, images = mnist.y_test.numpy(), mnist.x_test.numpy()
+    n = len(labels)
+    by_position = np.arange(n) * 10 // n
+    assert np.mean(by_position == labels) == 1.0
+    shown = labels[secret_order(labels, images)]
+    chance_sd = math.sqrt(0.1 * 0.9 / n)
+    assert abs(np.mean(by_position == shown) - 0.1) < 5 * chance_sd
+    assert train_copies_in_test(mnist.x_train.numpy(), images) == 0
+
+
+# --------------------------------------------------------------------------- the issue's two exploits
+
+ORDER_EXPLOIT = BASE.replace("        #FORWARD\n", """        if not self.training and len(x) > 2:  # the test pass (the shape probe has 2 images)
+            seen = getattr(self, 'seen', 0)
+            self.seen = seen + len(x)
+            position = (torch.arange(seen, seen + len(x)) * 10) // 1000
+            return torch.nn.functional.one_hot(position.clamp(max=9), 10).float()
+""")
+
+
+def test_test_set_order_tells_a_candidate_nothing(pool, mnist):
+    """mnist5k's test split is sorted by class; answering by position scores chance."""
+    [r] = pool.evaluate(ORDER_EXPLOIT)
+    n = len(mnist.y_test)
+    assert r.status == "low_accuracy" and abs(r.accuracy - 0.1) < 5 * math.sqrt(0.1 * 0.9 / n), r
+
+
+def test_dataset_files_are_unreadable_to_candidates(pool, mnist):
+    """The nearest-neighbour-on-the-cached-labels exploit, and the raw file, by Python and
+    by torch's native reader."""
+    from cem_nas.sandbox import landlock_abi
+    cache, raw = mnist.info["cache_file"], mnist.info["source"]
+    reads = [f"torch.load({cache!r})"]
+    if landlock_abi() >= 1:
+        reads += [f"torch.from_file({cache!r}, size=64, dtype=torch.uint8)",
+                  f"torch.from_file({raw!r}, size=64, dtype=torch.uint8)"]
+    for read in reads:
+        code = BASE.replace("        #INIT\n", f"        self.stolen = {read}\n")
+        [r] = pool.evaluate(code)
+        assert r.status == "policy_violation", (read, r)
