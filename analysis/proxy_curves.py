@@ -7,8 +7,9 @@ never imputed. Per group (``by`` a coordinate such as dataset) and per ceiling
 truncation (the top k% by target accuracy):
 
 - Pearson, Spearman and Kendall (tau_b) with percentile bootstrap CIs over
-  configurations (``theory.bootstrap``: every statistic of a resample comes from one
-  count matrix, so they are resampled jointly);
+  configurations, or over clusters of them (``cluster = "nn"``: an architecture with all
+  its hyperparameter settings) (``theory.bootstrap``: every statistic of a resample comes
+  from one count matrix, so they are resampled jointly);
 - the arcsin law on the raw Pearson: its asymptote (6/pi) asin(r/2) and Moran's
   expectation at n, the gap observed - Moran with CI (``theory.reliability.arcsin_gap``),
   the gap to the alternative rho_S = r with CI, and the pairs needed to resolve the gap;
@@ -56,7 +57,10 @@ class CurveStudySettings:
     top_k: tuple[int, ...] = (100, 50, 25)
     """Ceiling truncation: percentages of each group kept, best by target accuracy."""
     draws: int = 1000
-    """Bootstrap resamples over configurations."""
+    """Bootstrap resamples."""
+    cluster: str | None = None
+    """Coordinate whose values are resampled as units (nn: an architecture with all its
+    hyperparameter settings, which are not independent); None resamples configurations."""
     level: float = 0.95
     """Two-sided level of every interval."""
     seed: int = 0
@@ -78,8 +82,10 @@ class CurveStudySettings:
                 raise ValueError(f"target_epoch ({self.target_epoch}) must come after proxy_epoch ({self.proxy_epoch})")
         if self.proxy_epoch < 0:
             raise ValueError(f"proxy_epoch must be >= 0; got {self.proxy_epoch}")
-        if self.by is not None and self.by not in ("source_repo", *CONFIG_KEYS):
-            raise ValueError(f"by must be one of source_repo, {', '.join(CONFIG_KEYS)} or None; got {self.by!r}")
+        for name in ("by", "cluster"):
+            value = getattr(self, name)
+            if value is not None and value not in ("source_repo", *CONFIG_KEYS):
+                raise ValueError(f"{name} must be one of source_repo, {', '.join(CONFIG_KEYS)} or None; got {value!r}")
         if not self.top_k or any(not 0 < k <= 100 for k in self.top_k):
             raise ValueError(f"top_k are percentages in (0, 100]; got {self.top_k!r}")
         self.top_k = tuple(sorted({int(k) for k in self.top_k}, reverse=True))
@@ -167,12 +173,17 @@ def _resampled(x: np.ndarray, y: np.ndarray, w: np.ndarray, scores: np.ndarray, 
     r = np.clip(bt.weighted_pearson(x, y, w), -1.0, 1.0)
     r_s = np.clip(bt.weighted_spearman(x, y, w), -1.0, 1.0)
     tau = np.clip(bt.weighted_kendall_tau_b(x, y, w, scores), -1.0, 1.0)
-    moran = proxy.moran_expected_spearman(r, n)
-    return np.array([r, r_s, tau, moran, r_s - moran, r_s - r, proxy.copula_check(r_s, tau)["difference"]])
+    return np.array([r, r_s, tau, proxy.moran_expected_spearman(r, n), reliability.arcsin_gap(r_s, r, n), r_s - r,
+                     proxy.copula_check(r_s, tau)["difference"]])
 
 
-def group_statistics(x: np.ndarray, y: np.ndarray, settings: CurveStudySettings, rng: np.random.Generator) -> dict:
-    """Every statistic of the study for one set of (proxy, target) pairs (NaN when n < 4)."""
+def group_statistics(x: np.ndarray, y: np.ndarray, settings: CurveStudySettings, rng: np.random.Generator,
+                     clusters: np.ndarray | None = None) -> dict:
+    """Every statistic of the study for one set of (proxy, target) pairs (NaN when n < 4).
+
+    ``clusters`` labels the resampling unit of each pair (``settings.cluster``); None
+    resamples pairs.
+    """
     n = len(x)
     out = dict(zip(("tied_share_proxy", "largest_tie_proxy", "largest_tie_value_proxy"), tie_shares(x)))
     out.update(zip(("tied_share_target", "largest_tie_target", "largest_tie_value_target"), tie_shares(y)))
@@ -181,8 +192,12 @@ def group_statistics(x: np.ndarray, y: np.ndarray, settings: CurveStudySettings,
         return out
     scores = bt.concordance_scores(x, y)
     point = _resampled(x, y, np.ones((1, n)), scores, n)[:, 0]
-    draws = np.concatenate([_resampled(x, y, bt.resampling_counts(n, min(DRAW_BLOCK, settings.draws - b), rng),
-                                       scores, n)
+    def counts(draws: int) -> np.ndarray:
+        if clusters is None:
+            return bt.resampling_counts(n, draws, rng)
+        return bt.cluster_resampling_counts(clusters, draws, rng)
+
+    draws = np.concatenate([_resampled(x, y, counts(min(DRAW_BLOCK, settings.draws - b)), scores, n)
                             for b in range(0, settings.draws, DRAW_BLOCK)], axis=1)
     lo, hi = bt.percentile_interval(draws, settings.level, axis=1)
     for name, p, a, b, s in zip(BOOTSTRAPPED, point, lo, hi, np.nanstd(draws, axis=1, ddof=1)):
@@ -242,7 +257,8 @@ def curve_study(curves: xr.Dataset, settings: CurveStudySettings | None = None, 
         member = paired & (index == g)
         keep = top_share(y_all[member], settings.top_k[j])
         x, y = x_all[member][keep], y_all[member][keep]
-        st = group_statistics(x, y, settings, np.random.default_rng([settings.seed, g, settings.top_k[j]]))
+        clusters = None if settings.cluster is None else pairs[settings.cluster].values[member][keep]
+        st = group_statistics(x, y, settings, np.random.default_rng([settings.seed, g, settings.top_k[j]]), clusters)
         for key, value in st.items():
             table.setdefault(key, np.full((len(names), len(settings.top_k)), np.nan))[g, j] = value
         verdicts["verdict_arcsin"][g, j] = arcsin_verdict(st, settings)
@@ -275,7 +291,8 @@ def settings_of(study: xr.Dataset) -> CurveStudySettings:
     """The settings a study Dataset was computed with (from its attrs)."""
     fields = {f.name for f in dataclasses.fields(CurveStudySettings)}
     kw = {k: study.attrs[k] for k in fields if k in study.attrs}
-    if kw.get("by") == "none":
-        kw["by"] = None
+    for name in ("by", "cluster"):
+        if kw.get(name) == "none":
+            kw[name] = None
     kw["top_k"] = tuple(int(k) for k in np.atleast_1d(kw.get("top_k", (100,))))
     return CurveStudySettings(**kw)

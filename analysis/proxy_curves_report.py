@@ -114,7 +114,8 @@ def curves_document(study: xr.Dataset, hexbin: Path | None = None, spearman: Pat
             "epochs left out)",
             f"Proxy: accuracy at epoch {st.proxy_epoch}; target: {_target_text(study)}; groups: "
             f"{st.by or 'all configurations pooled'}; intervals: {st.level:.0%} percentile bootstrap over "
-            f"configurations ({st.draws:,} resamples, seed {st.seed})"]
+            + (f"{st.cluster} values (each with all its configurations)" if st.cluster else "configurations")
+            + f" ({st.draws:,} resamples, seed {st.seed})"]
     configurations = Table(
         ["group", "configurations", "paired", "no proxy epoch", "cut short (survivorship)", "target not stored",
          "numbered from epoch 0", "median target epoch"],
@@ -138,10 +139,11 @@ def curves_document(study: xr.Dataset, hexbin: Path | None = None, spearman: Pat
           _ci(study, "identity_gap", i, full), _fmt(_at(study, "pairs_to_resolve_gap", i, full), 0)]
          for i, g in enumerate(groups)])
     copula = Table(
-        ["group", "2 sin(pi r_S/6)", "sin(pi tau/2)", "difference", "proxy: tied values; largest tie block",
-         "target: tied values; largest tie block"],
+        ["group", "2 sin(pi r_S/6)", "sin(pi tau/2)", "difference", "pairs to resolve the difference",
+         "proxy: tied values; largest tie block", "target: tied values; largest tie block"],
         [[g, _fmt(_at(study, "copula_from_spearman", i, full)), _fmt(_at(study, "copula_from_kendall", i, full)),
-          _ci(study, "copula_difference", i, full), _tie(study, "proxy", i, full), _tie(study, "target", i, full)]
+          _ci(study, "copula_difference", i, full), _fmt(_at(study, "pairs_to_resolve_copula", i, full), 0),
+          _tie(study, "proxy", i, full), _tie(study, "target", i, full)]
          for i, g in enumerate(groups)])
     truncation = Table(
         ["group", "kept", "n", "Pearson", "Spearman", "Moran", "gap", "copula difference", ARCSIN_TITLE, COPULA_TITLE],

@@ -218,6 +218,10 @@ def parser() -> argparse.ArgumentParser:
     curves.add_argument("--top-k", type=int, nargs="+", default=[100, 50, 25],
                         help="ceiling truncation: percent kept, best by target accuracy (default 100 50 25)")
     curves.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    curves.add_argument("--cluster", default="none",
+                        help="resample whole groups of configurations sharing this coordinate, e.g. nn (an "
+                             "architecture with all its hyperparameter settings); 'none' resamples configurations "
+                             "(default)")
     curves.add_argument("--duplicates", choices=("error", "drop"), default="error",
                         help="two records for one (configuration, epoch): stop with the list (default) or drop "
                              "those configurations")
@@ -250,7 +254,8 @@ def curves_main(args: argparse.Namespace) -> int:
     try:
         settings = CurveStudySettings(
             proxy_epoch=args.proxy_epoch, target_epoch=args.target_epoch,
-            by=None if args.by == "none" else args.by, top_k=tuple(args.top_k), draws=args.bootstrap, seed=args.seed)
+            by=None if args.by == "none" else args.by, top_k=tuple(args.top_k), draws=args.bootstrap, seed=args.seed,
+            cluster=None if args.cluster == "none" else args.cluster)
         print(f"reading {args.curves}")
         curves = read_curves(args.curves, duplicates=args.duplicates)
     except (CurvesError, ValueError) as e:

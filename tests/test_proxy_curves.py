@@ -134,9 +134,26 @@ def test_verdict_needs_enough_pairs():
     assert pc.group_statistics(np.ones(10), np.arange(10.0), settings, rng)["n"] == 10  # no spread: no statistics
 
 
+def test_cluster_bootstrap_widens_intervals_for_repeated_architectures():
+    # 300 architectures, each trained under 10 settings that all gave the same curve: the
+    # pairs are 300 independent units, not 3,000, so the SE is sqrt(10) times the naive one
+    rng = np.random.default_rng(8)
+    z = rng.multivariate_normal([0, 0], [[1, RHO], [RHO, 1]], 300)
+    rows = [("src", "img-classification", "d", "acc", f"net{i}", f"p{j}", e, 0.5 + 0.1 * z[i, int(e == 5)])
+            for i in range(300) for j in range(10) for e in (1, 5)]
+    curves = curves_dataset(pd.DataFrame(rows, columns=list(CSV_COLUMNS)).assign(file="synthetic", line=0))
+    naive = pc.curve_study(curves, pc.CurveStudySettings(draws=400, top_k=(100,)), progress=False)
+    clustered = pc.curve_study(curves, pc.CurveStudySettings(draws=400, top_k=(100,), cluster="nn"), progress=False)
+    assert at(clustered, "d", "spearman") == at(naive, "d", "spearman")
+    # 400 draws give each SE to ~3.5%
+    assert at(clustered, "d", "spearman_se") / at(naive, "d", "spearman_se") == pytest.approx(np.sqrt(10), rel=0.15)
+    assert at(clustered, "d", "kendall_se") / at(naive, "d", "kendall_se") == pytest.approx(np.sqrt(10), rel=0.15)
+    assert pc.settings_of(clustered).cluster == "nn"
+
+
 @pytest.mark.parametrize("kw, match", [({"target_epoch": "first"}, "target_epoch"), ({"target_epoch": 1}, "after"),
-                                       ({"by": "colour"}, "by must be"), ({"top_k": (0,)}, "top_k"),
-                                       ({"draws": 10}, "draws")])
+                                       ({"by": "colour"}, "by must be"), ({"cluster": "seed"}, "cluster must be"),
+                                       ({"top_k": (0,)}, "top_k"), ({"draws": 10}, "draws")])
 def test_settings_refuse_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
         pc.CurveStudySettings(**kw)

@@ -87,6 +87,15 @@ def test_resampling_counts_sum_to_n_and_are_uniform():
         bt.resampling_counts(0, 10, rng)
 
 
+def test_cluster_counts_move_whole_clusters():
+    rng = np.random.default_rng(6)
+    labels = np.repeat(np.arange(40), 5)
+    w = bt.cluster_resampling_counts(labels, 2000, rng)
+    assert (w.reshape(2000, 40, 5) == w.reshape(2000, 40, 5)[:, :, :1]).all()
+    assert (w.reshape(2000, 40, 5)[:, :, 0].sum(axis=1) == 40).all()  # m clusters drawn per row
+    assert abs(w.mean() - 1) < 4 * np.sqrt(0.975 / (2000 * 40))
+
+
 def test_arcsin_gap_is_zero_in_expectation_for_a_bivariate_normal():
     rng = np.random.default_rng(5)
     n, rho, reps = 200, 0.6, 400

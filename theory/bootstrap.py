@@ -30,6 +30,22 @@ def resampling_counts(n: int, draws: int, rng: np.random.Generator) -> np.ndarra
     return np.bincount(idx.ravel(), minlength=draws * n).reshape(draws, n)
 
 
+def cluster_resampling_counts(labels, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(draws, n) counts of a cluster bootstrap: clusters are drawn with replacement, items follow.
+
+    With m clusters, each row draws m of them uniformly with replacement (the cluster, or
+    block, bootstrap for dependent items; Davison & Hinkley 1997, sec. 3.8) and gives every
+    item the count of its cluster, so rows sum to n only on average. Use it when items of
+    one cluster (one architecture under several hyperparameter settings) are not independent.
+
+    >>> w = cluster_resampling_counts(np.array(["a", "a", "b"]), 4, np.random.default_rng(1))
+    >>> bool(np.all(w[:, 0] == w[:, 1])), w.shape
+    (True, (4, 3))
+    """
+    names, index = np.unique(np.asarray(labels), return_inverse=True)
+    return resampling_counts(len(names), draws, rng)[:, index]
+
+
 def _weighted_r(sxy, sxx, syy):
     with np.errstate(invalid="ignore", divide="ignore"):
         return sxy / np.sqrt(sxx * syy)
