@@ -1,6 +1,6 @@
 """LLM sampler on this CPU with the embedded SmolLM2-135M-Instruct.
 
-Measures, per mode: model load seconds (from the safetensors cache), warm-start seconds
+Measures, per mode and ``--dtype``: model load seconds (from the safetensors cache), warm-start seconds
 (or the cached result), batched generation tokens/s (and the batch-1 rate for the ratio),
 the share of sampled proposals that parse, apply and build, and seconds per CE update.
 
@@ -101,6 +101,7 @@ def bench_mode(mode: str, loaded, args) -> dict:
     update = sampler.update(elites)
     return {
         "mode": mode,
+        "sampler": sampler.describe(),
         "warm_start_cached": cached,
         "warm_start_seconds": round(warm_seconds, 1),
         "warm_start": dataclasses.asdict(warm_stats),
@@ -141,6 +142,9 @@ def main() -> None:
     parser.add_argument("--single", action="store_true", help="also time batch-1 generation for the ratio")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: 2 if the load average is below 3, else 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="model dtype (warm starts of different dtypes are cached apart): run it once per "
+                             "dtype to see whether bf16 changes the corpus NLL and the valid share")
     parser.add_argument("--novelty-threshold", type=float, default=0.97,
                         help="Jaccard at which built proposals count as near-duplicates (default.toml's)")
     args = parser.parse_args()
@@ -153,11 +157,11 @@ def main() -> None:
     loads = []
     for _ in range(2):
         t0 = time.perf_counter()
-        load_model("smollm2", "cpu")
+        load_model("smollm2", "cpu", dtype=args.dtype)
         loads.append(time.perf_counter() - t0)
     print(f"model load from cache: median {statistics.median(loads):.2f} s over {len(loads)}", flush=True)
     for mode in args.modes:
-        result = bench_mode(mode, load_model("smollm2", "cpu"), args)
+        result = bench_mode(mode, load_model("smollm2", "cpu", dtype=args.dtype), args)
         print(json.dumps(result, indent=1, default=float), flush=True)
     print(f"load average after: {os.getloadavg()}", flush=True)
 

@@ -377,7 +377,8 @@ def build_sampler(cfg: RunConfig, task: Any) -> Any:
     sampler = LLMSampler(task, model=cfg.sampler.model, mode=cfg.sampler.mode, lora=cfg.sampler.lora,
                          generation=cfg.sampler.generation, warm_start=cfg.sampler.warm_start,
                          device=cfg.sampler.device, seed=cfg.run.seed,
-                         load_in_4bit=cfg.sampler.load_in_4bit, dtype=cfg.sampler.dtype)
+                         load_in_4bit=cfg.sampler.load_in_4bit, dtype=cfg.sampler.dtype,
+                         engine=cfg.sampler.engine, openai=cfg.sampler.openai)
     print(f"sampler: {sampler.describe()}", file=sys.stderr, flush=True)
     return sampler
 

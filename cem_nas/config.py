@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from cem_nas.evaluate import EvalSettings
-from cem_nas.sampler.llm import DECODERS, GenerationSettings, LoRASettings, WarmStartSettings
+from cem_nas.sampler.llm import DECODERS, ENGINES, GenerationSettings, LoRASettings, WarmStartSettings
 from cem_nas.sampler.model import DTYPES
+from cem_nas.sampler.openai_engine import OpenAISettings
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,11 @@ class SamplerSettings:
     """LLM weights and compute: auto (bfloat16 on CUDA and on CPUs whose /proc/cpuinfo
     reports amx_bf16 or avx512_bf16, float32 elsewhere), float32 or bfloat16. The choice
     is printed and stored with the run (attribute sampler_dtype)."""
+    engine: str = "hf"
+    """Where proposals are generated: hf (transformers in this process) or openai (an
+    OpenAI-compatible server, sampler.openai; the CE update stays in this process)."""
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
+    """The server of the openai engine and how each cycle's LoRA adapter reaches it."""
     load_in_4bit: bool = False
     """Load the LLM's base weights in 4 bit (bitsandbytes, CUDA only)."""
     grammar_alpha: float = 0.7
@@ -174,6 +180,9 @@ ALIASES = {"sampler": "sampler.kind", "executor": "executor.kind"}
 RESUMABLE_CHANGES = (
     "run.progress", "run.overwrite", "search.cycles", "executor.kind", "executor.workers",
     "executor.scheduler", "hooks.user",
+    # where the serving engine runs, not what it samples
+    "sampler.openai.url", "sampler.openai.api_key_env", "sampler.openai.timeout_s", "sampler.openai.parallel",
+    "sampler.openai.adapter_dir",
 )
 
 # Allowed values and ranges, checked by validate(). (lo, hi, lo_open, hi_open); None = unbounded.
@@ -182,6 +191,7 @@ CHOICES = {
     "sampler.kind": ("llm", "grammar"),
     "sampler.mode": ("delta", "full"),
     "sampler.dtype": DTYPES,
+    "sampler.engine": ENGINES,
     "sampler.generation.decoder": DECODERS,
     "executor.kind": ("local", "dask"),
 }

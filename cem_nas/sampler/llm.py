@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from cem_nas.sampler import lora as lora_sft
 from cem_nas.sampler.decode import STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, supports_shared_prefix
 from cem_nas.sampler.lora import LoRASettings
 from cem_nas.sampler.model import LoadedModel, cache_root, load_model
+from cem_nas.sampler.openai_engine import OpenAIEngine, OpenAISettings
 from cem_nas.sampler.prompts import (
     TEMPLATE_VERSION, check_mode, closes_block, cut_after_block, format_completion, render_prompt,
 )
@@ -35,6 +37,8 @@ __all__ = ["GenerationSettings", "LLMSampler", "LoRASettings", "WarmStartSetting
 STATE_VERSION = 1
 log = logging.getLogger(__name__)
 DECODERS = ("shared_prefix", "hf")
+#: Where proposals are generated: in-process with transformers, or on an OpenAI-compatible server.
+ENGINES = ("hf", "openai")
 
 
 class Generated(NamedTuple):
@@ -169,7 +173,9 @@ class LLMSampler:
     default it is ``cem_nas.corpus.build_corpus(warm_start.corpus_size, warm_start.corpus_seed)``.
     ``seed`` seeds the update's batch draws and dropout (proposals use the ``rng`` passed in).
     ``dtype`` (auto, float32, bfloat16: :func:`~cem_nas.sampler.model.resolve_dtype`) applies
-    when the model is loaded here; a LoadedModel keeps its own.
+    when the model is loaded here; a LoadedModel keeps its own. ``engine`` ``openai``
+    samples on the server ``openai`` names (the update stays in-process; each new adapter
+    is handed to the server, :mod:`cem_nas.sampler.openai_engine`).
     """
 
     def __init__(
@@ -185,6 +191,8 @@ class LLMSampler:
         load_in_4bit: bool = False,
         corpus: list | None = None,
         dtype: str = "auto",
+        engine: str = "hf",
+        openai: OpenAISettings | None = None,
     ):
         from peft import get_peft_model
 
@@ -204,6 +212,11 @@ class LLMSampler:
         self.warm_started = False
         self.warm_stats: UpdateStats | None = None
         self.dtype = self.loaded.dtype
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
+        self.remote = OpenAIEngine(openai or OpenAISettings()) if engine == "openai" else None
+        self._served = 0  # adapters handed to the server so far
+        self._stale = True  # the server does not have the current adapter yet (openai engine)
         self._fallback_logged = False
         self._backticks: frozenset | None = None
 
@@ -343,6 +356,7 @@ class LLMSampler:
             if not target.exists():
                 tmp.rename(target)
         self.warm_stats, self.warm_started = stats, True
+        self._stale = True
         return stats
 
     # -- sampling ----------------------------------------------------------------------
@@ -379,6 +393,8 @@ class LLMSampler:
 
         Uses torch's global RNG: seed it (``propose`` does, inside a forked RNG state).
         """
+        if self.remote is not None:
+            return self._generate_remote(prompts)
         encoded = [lora_sft.encode_prompt(self.tokenizer, p) for p in prompts]
         if self.decoder() == "hf":
             return self._generate_hf(encoded)
@@ -418,6 +434,37 @@ class LLMSampler:
                 text = self.tokenizer.decode(c.tokens, skip_special_tokens=True)
                 results[row] = Generated(cut_after_block(text), len(prompt), len(c.tokens), c.stop_reason)
         return results  # type: ignore[return-value]
+
+    def _generate_remote(self, prompts: list[str]) -> list[Generated]:
+        """Completions from the OpenAI-compatible server, cut and classified as in-process."""
+        import torch
+
+        if self._stale:
+            self._hand_off()
+        g = self.generation
+        params = {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or -1,
+                  "max_tokens": self._max_new_tokens()}
+        if g.repetition_penalty != 1.0:
+            params["repetition_penalty"] = g.repetition_penalty
+        seed = int(torch.randint(2**31 - 1, (1,)))
+        results = []
+        for prompt, c in zip(prompts, self.remote.complete(prompts, params, seed)):
+            text = cut_after_block(c.text)
+            reason = STOP_FENCE if closes_block(c.text) else STOP_LENGTH if c.finish_reason == "length" else STOP_EOS
+            n_new = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            results.append(Generated(text, len(lora_sft.encode_prompt(self.tokenizer, prompt)), n_new, reason))
+        return results
+
+    def _hand_off(self) -> None:
+        """Write the current adapter where the server reads and load it there (openai engine)."""
+        self._stale = False
+        if self.remote is None or self.remote.settings.adapter_api == "none":
+            return
+        root = Path(self.remote.settings.adapter_dir or cache_root() / "served_adapters")
+        name = f"cem-{os.getpid()}-{id(self) % 10**6}-{self._served}"
+        self.save(root / name)
+        self.remote.load_adapter(name, root / name)
+        self._served += 1
 
     def _generate_hf(self, encoded: list[list[int]]) -> list[Generated]:
         """transformers' generate on one left-padded batch (one row, one prefill per prompt)."""
@@ -548,6 +595,7 @@ class LLMSampler:
         stats = _update_stats(losses, before, self._nll(current), len(current), t0)
         self._remember(elites)
         self.updates += 1
+        self._stale = True
         return stats
 
     def _remember(self, elites: list[Elite]) -> None:
@@ -602,3 +650,4 @@ class LLMSampler:
         if unexpected:
             raise ValueError(f"adapter in {directory} does not match this model: unexpected keys {unexpected[:3]}")
         self.model.eval()
+        self._stale = True

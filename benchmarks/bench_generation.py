@@ -1,0 +1,219 @@
+"""Generation and CE-update speed, the earlier path vs the current one, embedded SmolLM2-135M.
+
+    python -m benchmarks.bench_generation                 # everything, ~10 min on a quiet 2-core box
+    python -m benchmarks.bench_generation --profile       # + torch.profiler's top ops of one new-path cycle
+
+Old path: float32 weights, transformers' generate with one left-padded row per proposal in
+batches of 12 (the default run's cycle before), float32 CE update. New path: the dtype
+policy (``sampler.dtype = auto``), the shared-prefix decoder with a cycle's proposals in one
+batch, the CE update in the same dtype. Both sample with the same warm-started adapter
+(the default config's warm start, cached; trained under the new dtype policy) so they draw
+from the same distribution. Printed, old and new side by side in one run:
+
+1. the matmul rate in float32 and bfloat16 (1024x576 @ 576x1536, median of 10);
+2. seconds per decode step at 1, 12 and 50 rows on one prompt (32 forced steps, minus the
+   prefill): the new path should be nearly flat in the rows;
+3. proposals per second at ``--samples`` proposals over the 10 zoo baselines, with the
+   roofline: the arithmetic of the path (one prefill per prompt + the decode steps, or one
+   prefill per proposal for the old path) divided by the measured bf16 matmul rate;
+4. seconds per CE update at the default config's ``sampler.lora`` settings.
+
+Timings scale with the machine's load: the load average is printed before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cem_nas import zoo
+from cem_nas.config import load_toml
+from cem_nas.records import Baseline, Elite, TaskSpec
+from cem_nas.sampler import lora as lora_sft
+from cem_nas.sampler.decode import SamplingRule, decode
+from cem_nas.sampler.llm import LLMSampler
+from cem_nas.sampler.model import load_model
+
+TASK = TaskSpec("mnist5k", (1, 28, 28), 10)
+DEFAULT_TOML = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "default.toml"
+
+
+def matmul_rate(dtype: torch.dtype, repeats: int = 10) -> float:
+    """GFLOP/s of a 1024x576 @ 576x1536 matmul (a 1024-token prefill through one of
+    SmolLM2's MLP projections), median of ``repeats``."""
+    a, b = torch.randn(1024, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * 1024 * 576 * 1536 / statistics.median(times) / 1e9
+
+
+def flops_per_token(model) -> tuple[float, float, int, int, int]:
+    """(linear FLOPs per token in the decoder layers, lm_head FLOPs per token, layers,
+    query heads, head dim) of a Llama-like model."""
+    cfg = model.config
+    linear = sum(2 * m.in_features * m.out_features for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and ".layers." in name and "lora_" not in name)
+    head = 2 * cfg.vocab_size * cfg.hidden_size
+    return linear, head, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+
+
+def roofline_seconds(model, prompt_lengths: list[int], completions: list[list[int]], rate: float) -> float:
+    """Arithmetic floor: sum of prefill and decode FLOPs / ``rate`` (GFLOP/s).
+
+    Prefill of P tokens: ``P * linear + 2 * layers * heads * d * P^2`` (QK^T and PV under a
+    causal mask) + one lm_head row. Decode of a token at context c:
+    ``linear + head + 4 * layers * heads * d * c``. ``completions[j]`` holds the token counts
+    of the rows decoded from prompt j.
+    """
+    linear, head, layers, heads, d = flops_per_token(model)
+    total = 0.0
+    for p, rows in zip(prompt_lengths, completions):
+        total += p * linear + 2 * layers * heads * d * p * p + head
+        for n in rows:
+            total += n * (linear + head) + 4 * layers * heads * d * (n * p + n * (n - 1) / 2)
+    return total / (rate * 1e9)
+
+
+def step_seconds(sampler: LLMSampler, prompt: str, rows: int, steps: int = 32) -> float:
+    """Seconds per decode step at ``rows`` rows of one prompt (``steps`` forced steps, the
+    prefill's time subtracted), on the sampler's decoder."""
+    ids = lora_sft.encode_prompt(sampler.tokenizer, prompt)
+    rule = SamplingRule(temperature=1.0, top_p=0.9)
+
+    def timed(n_steps: int) -> float:
+        t0 = time.perf_counter()
+        if sampler.decoder() == "hf":
+            from transformers import GenerationConfig
+
+            cfg = GenerationConfig(do_sample=True, top_p=0.9, top_k=0, max_new_tokens=n_steps, min_new_tokens=n_steps,
+                                   pad_token_id=sampler.tokenizer.pad_token_id, eos_token_id=None)
+            with torch.no_grad():
+                sampler.model.generate(input_ids=torch.tensor([ids] * rows), attention_mask=torch.ones(rows, len(ids),
+                                       dtype=torch.long), generation_config=cfg)
+        else:
+            decode(sampler.model, [ids], [rows], rule, n_steps, set(), torch.Generator().manual_seed(0), "cpu")
+        return time.perf_counter() - t0
+
+    return (timed(steps + 1) - timed(1)) / steps
+
+
+def propose_timed(sampler: LLMSampler, baselines: list[Baseline], n: int, seed: int) -> tuple[list, float]:
+    t0 = time.perf_counter()
+    proposals = sampler.propose(baselines, n, np.random.default_rng(seed))
+    return proposals, time.perf_counter() - t0
+
+
+def roofline_of(sampler: LLMSampler, proposals: list, shared: bool, rate: float) -> float:
+    if shared:
+        by_prompt: dict[str, list[int]] = {}
+        for p in proposals:
+            by_prompt.setdefault(p.prompt, []).append(p.completion_tokens)
+        lengths = [len(lora_sft.encode_prompt(sampler.tokenizer, k)) for k in by_prompt]
+        return roofline_seconds(sampler.model, lengths, list(by_prompt.values()), rate)
+    return roofline_seconds(sampler.model, [p.prompt_tokens for p in proposals],
+                            [[p.completion_tokens] for p in proposals], rate)
+
+
+def update_seconds(sampler: LLMSampler, elites: list[Elite], repeats: int) -> list[float]:
+    """Seconds of ``repeats`` CE updates from the same adapter state (restored in between)."""
+    state = {k: v.clone() for k, v in sampler.model.state_dict().items() if "lora_" in k}
+    times = []
+    for _ in range(repeats):
+        times.append(sampler.update(elites).seconds)
+        sampler.model.load_state_dict(state, strict=False)
+    return times
+
+
+def profile_cycle(sampler: LLMSampler, baselines: list[Baseline], n: int, rows: int = 15) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        sampler.propose(baselines, n, np.random.default_rng(1))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=50, help="proposals per cycle, new path")
+    parser.add_argument("--old-samples", type=int, default=24,
+                        help="proposals of the old path (its rate does not depend on the count: batches of 12)")
+    parser.add_argument("--old-batch", type=int, default=12, help="the old path's generation batch size")
+    parser.add_argument("--updates", type=int, default=3, help="CE updates timed per path")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: 2 if the load average is below 3, else 1)")
+    parser.add_argument("--config", default=str(DEFAULT_TOML), help="config whose sampler settings are 'default'")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of one new-path cycle")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    threads = args.threads or (2 if os.getloadavg()[0] < 3 else 1)
+    torch.set_num_threads(threads)
+    print(f"torch threads: {threads}; load average before: {os.getloadavg()}", flush=True)
+    cfg = load_toml(args.config).sampler
+    rates = {"float32": matmul_rate(torch.float32), "bfloat16": matmul_rate(torch.bfloat16)}
+    print(f"matmul 1024x576 @ 576x1536: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.0f} GFLOP/s")
+
+    new_gen = dataclasses.replace(cfg.generation, decoder="shared_prefix", batch_size=max(args.samples, 1))
+    old_gen = dataclasses.replace(cfg.generation, decoder="hf", batch_size=args.old_batch)
+    new = LLMSampler(TASK, load_model(cfg.model, "cpu", dtype=cfg.dtype), lora=cfg.lora, generation=new_gen,
+                     warm_start=cfg.warm_start, seed=args.seed)
+    old = LLMSampler(TASK, load_model(cfg.model, "cpu", dtype="float32"), lora=cfg.lora, generation=old_gen,
+                     warm_start=dataclasses.replace(cfg.warm_start, enabled=False), seed=args.seed)
+    print(f"new: {new.describe()}\nold: {old.describe()}", flush=True)
+    t0 = time.perf_counter()
+    warm = new.warm_start()
+    print(f"warm start (new dtype policy): {time.perf_counter() - t0:.0f} s, corpus NLL "
+          f"{warm.elite_nll_before:.3f} -> {warm.elite_nll_after:.3f}", flush=True)
+    old.load(new.warm_start_dir())
+    old.warm_started = True
+
+    baselines = [Baseline(name, zoo.source(name)) for name in zoo.names()]
+    prompt = new.prompt_for(baselines[0].code)
+    print(f"\ndecode step seconds (one {len(lora_sft.encode_prompt(new.tokenizer, prompt))}-token prompt, 32 steps):")
+    for rows in (1, 12, 50):
+        print(f"  {rows:>3} rows: old {step_seconds(old, prompt, rows):.3f}   new {step_seconds(new, prompt, rows):.3f}",
+              flush=True)
+
+    results = {}
+    for label, sampler, n, shared, rate in (("old", old, args.old_samples, False, rates["bfloat16"]),
+                                             ("new", new, args.samples, True, rates["bfloat16"])):
+        proposals, seconds = propose_timed(sampler, baselines, n, args.seed)
+        tokens = [p.completion_tokens for p in proposals]
+        reasons = {r: sum(p.stop_reason == r for p in proposals) for r in ("eos", "fence", "length")}
+        floor = roofline_of(sampler, proposals, shared, rate)
+        results[label] = (n / seconds, proposals)
+        print(f"\n{label}: {n} proposals in {seconds:.1f} s = {n / seconds:.3f} proposals/s "
+              f"({sum(tokens) / seconds:.0f} new tok/s; completion tokens median {statistics.median(tokens):.0f}, "
+              f"stop reasons {reasons}); roofline {floor:.1f} s at the bf16 rate "
+              f"(measured / roofline = {seconds / floor:.1f})", flush=True)
+    print(f"\nproposals/s new / old = {results['new'][0] / results['old'][0]:.2f} (target >= 5)")
+
+    valid = [p for p in results["new"][1] if p.delta is not None][:4]
+    elites = [Elite(p.baseline, p.prompt, p.delta, 1.0, 0) for p in valid]
+    if len(elites) < 4:  # too few parseable proposals: corpus pairs keep the update timed
+        elites += [Elite(f"corpus{i}", pr, c, 1.0, 0) for i, (pr, c) in enumerate(new.corpus_examples()[: 4 - len(elites)])]
+    print(f"\nCE update at {args.config}'s sampler.lora (steps {cfg.lora.steps}, batch {cfg.lora.batch_size}), "
+          f"{len(elites)} elites, {args.updates} updates per path:")
+    times = {}
+    for label, sampler in (("old", old), ("new", new)):
+        times[label] = update_seconds(sampler, elites, args.updates)
+        print(f"  {label}: median {statistics.median(times[label]):.1f} s  {[round(t, 1) for t in times[label]]}",
+              flush=True)
+    print(f"  new / old = {statistics.median(times['new']) / statistics.median(times['old']):.2f} (target <= 0.33)")
+    if args.profile:
+        print("\ntorch.profiler, one new-path cycle, top ops by self CPU time:")
+        profile_cycle(new, baselines, args.samples)
+    print(f"\nload average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
