@@ -122,8 +122,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--out", default="runs/bench_diversity", help="run directories, one per setting")
+    parser.add_argument("--common", default="", metavar="FIELD=VALUE,...",
+                        help="overrides for every setting (e.g. a smaller proxy: data.max_train=500)")
     args = parser.parse_args()
-    settings = [parse_setting(s) for s in args.settings]
+    common = parse_setting(f"common:{args.common}")[1]
+    settings = [(name, {**common, **overrides}) for name, overrides in map(parse_setting, args.settings)]
     print(f"load average before: {os.getloadavg()}", flush=True)
     summary = []
     for name, overrides in settings:
