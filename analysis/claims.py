@@ -432,6 +432,54 @@ def proxy_reliability(runs: xr.Dataset) -> Claim:
                  "from rho_S = rho", numbers)
 
 
+# --------------------------------------------------------------------------- readings of repeats
+
+#: Cycle variables of the two readings of repeats, with their labels.
+READING_VARIABLES = {"p_E_inherit": "p_t(E) inherit", "p_E_reject": "p_t(E) reject", "new_share": "new share",
+                     "novel_valid_yield": "novel-valid yield", "repeat_rate": "repeat rate"}
+
+
+def readings_used(runs: xr.Dataset) -> dict[str, str]:
+    """How each run read its repeats, which is the reading its p_E (and so every verdict)
+    uses: ``inherit`` or ``reject``; a store from before ``search.duplicates`` counted
+    repeats as misses, the reject reading (its inherit reading is unavailable)."""
+    values = runs["duplicates"].values if "duplicates" in runs.coords else [None] * runs.sizes["run"]
+    return {str(name): str(v) if v not in (None, "") else "reject (store predates search.duplicates)"
+            for name, v in zip(runs["run"].values, values)}
+
+
+def readings_table(runs: xr.Dataset) -> dict[str, np.ndarray]:
+    """Per cycle, means over runs of :data:`READING_VARIABLES` (NaN where a store lacks one:
+    an old store has no inherit reading)."""
+    return {name: np.nanmean(_series(runs, name), axis=0) if name in runs else np.full(runs.sizes["cycle"], np.nan)
+            for name in READING_VARIABLES}
+
+
+def best_vs_baseline(runs: xr.Dataset) -> list[dict]:
+    """Per run: the best trained candidate against the best zoo baseline on the same proxy.
+
+    Candidates that are repeats (their score inherited from a twin) are left out, so a
+    proposal that reproduces a baseline cannot pass for a better candidate. A store
+    without zoo scores (older runs) gives NaN for the baseline.
+    """
+    out = []
+    for r, name in enumerate(runs["run"].values):
+        run = runs.isel(run=r)
+        score = run["score"].values.astype(float) if "score" in run else np.array([np.nan])
+        if "is_new" in run:
+            score = np.where(run["is_new"].values.astype(bool), score, np.nan)
+        best = float(np.nanmax(score)) if np.isfinite(score).any() else math.nan
+        zoo_best, zoo_name = math.nan, ""
+        if "zoo_score" in run:
+            zs = run["zoo_score"].values.astype(float)
+            if np.isfinite(zs).any():
+                k = int(np.nanargmax(zs))
+                zoo_best, zoo_name = float(zs[k]), str(run["zoo"].values[k])
+        out.append({"run": str(name), "best_candidate": best, "best_baseline": zoo_best, "baseline": zoo_name,
+                    "difference": best - zoo_best})
+    return out
+
+
 # --------------------------------------------------------------------------- delta vs full
 
 def _output_lines(runs: xr.Dataset, mode: str) -> np.ndarray:

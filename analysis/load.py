@@ -116,10 +116,11 @@ def as_runs(ds: xr.Dataset) -> xr.Dataset:
 
 
 def run_metadata(ds: xr.Dataset) -> dict:
-    """mode, sampler, elite_fraction and novelty_threshold of one run, from its attrs."""
+    """mode, sampler, elite_fraction, novelty_threshold and duplicates (how the run read
+    repeats; None for a store that predates the choice) of one run, from its attrs."""
     config = _parse_config(ds.attrs.get("config", ""))
     out = {}
-    for key in ("mode", "sampler", "elite_fraction", "novelty_threshold"):
+    for key in ("mode", "sampler", "elite_fraction", "novelty_threshold", "duplicates"):
         value = ds.attrs.get(key)
         out[key] = value if value not in (None, "") else _find_key(config, key)
     if out["sampler"] is None:  # the resolved config names it [sampler] kind

@@ -99,6 +99,23 @@ def _status_section(runs: xr.Dataset, figure: Figure) -> Section:
     return Section("Validity by status", blocks, "status")
 
 
+def _repeats_section(runs: xr.Dataset) -> Section:
+    kinds = sorted(set(cl.readings_used(runs).values()))
+    old = any("predates" in k for k in kinds)
+    return Section("Repeats: both readings, and the reference points", [
+        Text("A repeat (the same architecture as an archived one: equal code after normalisation, or MinHash "
+             "Jaccard at the novelty threshold) is not trained. Inherit reading: it takes its twin's score and "
+             "counts in gamma_t, p_t(E) and q_t(E) (the CE reading); reject reading: it is a miss (the reference "
+             "pipeline's). The new share counts proposals that are new architectures; the novel-valid yield those "
+             "also ok."),
+        Text(f"The verdicts use the {' / '.join(kinds)} reading (the runs' search.duplicates)."
+             + (" The inherit reading is unavailable for a store that predates it." if old else "")),
+        tables.readings_table(runs),
+        Text("Same proxy for both columns: each zoo baseline is scored once at the start of the run; repeats "
+             "(whose score is their twin's) are not counted as trained candidates."),
+        tables.baseline_table(runs)], "repeats")
+
+
 def build_document(sources: list[Path], ds: xr.Dataset, out: Path) -> Document:
     """Compute the claims, write the figures into ``out`` and lay out the report."""
     runs = as_runs(ds)
@@ -121,7 +138,9 @@ def build_document(sources: list[Path], ds: xr.Dataset, out: Path) -> Document:
             f"Runs: {runs.sizes['run']}; cycles: {runs.sizes['cycle']}; candidates: {n_cand:,}"
             + (f"; modes: {', '.join(modes)}" if modes else "")]
     sections = [
-        Section("Verdicts", [tables.verdict_table(list(claims.values()))], "verdicts"),
+        Section("Verdicts", [tables.verdict_table(list(claims.values())), Text(
+            f"Repeats read as: {', '.join(sorted(set(cl.readings_used(runs).values())))} (see 'Repeats').")],
+            "verdicts"),
         Section(f"Top {TOP_ARCHITECTURES} architectures", [
             Text("Distinct architectures by proxy score; each lists every proposal of it (repeats included), "
                  "its line of descent back to the zoo baseline and its delta against its parent."),
@@ -140,6 +159,7 @@ def build_document(sources: list[Path], ds: xr.Dataset, out: Path) -> Document:
             Text("1 - p_{t+1} = alpha (1 - q_t) + (1 - alpha)(1 - p_t) holds for any fixed E under mixture smoothing."),
             ClaimBlock(claims["identity"], fig["smoothing"]), ClaimBlock(claims["optimality"])], "smoothing"),
         _status_section(runs, fig["status"]),
+        _repeats_section(runs),
         Section("Proxy reliability (pooled over all evaluated architectures)", [
             fig["reliability"],
             tables.reliability_table(pooled) if pooled is not None else

@@ -65,23 +65,41 @@ def _cycle_value(runs: xr.Dataset, name: str, r: int, t: int) -> float:
 
 def cycle_table(runs: xr.Dataset, r: int) -> Table:
     """One run's cycles: proposals, valid, duplicates, gamma_t, p_t(E) [CI], q_t(E), best, seconds."""
-    header = ["cycle", "proposals", "valid", "duplicates", "gamma_t", "p_t(E) [95% CI]", "q_t(E)",
+    header = ["cycle", "proposals", "valid", "repeats", "gamma_t", "p_t(E) [95% CI]", "q_t(E)",
               "best so far", "mean valid score", "s sample", "s evaluate", "s update"]
     rows = []
     for t in range(runs.sizes["cycle"]):
         v = {name: _cycle_value(runs, name, r, t) for name in (
-            "n_cand", "n_valid", "duplicate_rate", "gamma", "p_E", "p_E_lo", "p_E_hi", "q_E", "best_so_far",
+            "n_cand", "n_valid", "repeat_rate", "duplicate_rate", "gamma", "p_E", "p_E_lo", "p_E_hi", "q_E", "best_so_far",
             "score_mean", "seconds_sample", "seconds_evaluate", "seconds_update")}
         if not v["n_cand"] > 0:
             continue  # padding of a run with fewer cycles
         n = int(v["n_cand"])
         rows.append([
             str(int(runs["cycle"].values[t])), fmt(n), fmt(int(v["n_valid"])) if math.isfinite(v["n_valid"]) else "n/a",
-            fmt(int(round(v["duplicate_rate"] * n))) if math.isfinite(v["duplicate_rate"]) else "n/a",
+            # a store from before repeats were inherited counted them as duplicates
+            fmt(int(round(repeats * n))) if math.isfinite(repeats := v["repeat_rate"] if math.isfinite(
+                v["repeat_rate"]) else v["duplicate_rate"]) else "n/a",
             fmt(v["gamma"]), f"{fmt(v['p_E'], 2)} [{fmt(v['p_E_lo'], 2)}, {fmt(v['p_E_hi'], 2)}]", fmt(v["q_E"], 2),
             fmt(v["best_so_far"]), fmt(v["score_mean"]), fmt(v["seconds_sample"], 1), fmt(v["seconds_evaluate"], 1),
             fmt(v["seconds_update"], 1)])
     return Table(header, rows)
+
+
+def readings_table(runs: xr.Dataset) -> Table:
+    """Per cycle, means over runs: p_t(E) in both readings of repeats, repeat rate, new share,
+    novel-valid yield ('n/a' where a store lacks them: an old store has no inherit reading)."""
+    values = cl.readings_table(runs)
+    names = list(cl.READING_VARIABLES)
+    rows = [[str(int(c))] + [fmt(values[n][t]) for n in names] for t, c in enumerate(runs["cycle"].values)]
+    return Table(["cycle"] + [cl.READING_VARIABLES[n] for n in names], rows)
+
+
+def baseline_table(runs: xr.Dataset) -> Table:
+    """Per run: the best trained candidate against the best zoo baseline on the same proxy."""
+    return Table(["run", "best trained candidate", "best zoo baseline", "difference"],
+                 [[r["run"], fmt(r["best_candidate"]), f"{fmt(r['best_baseline'])} {r['baseline']}".strip(),
+                   fmt(r["difference"])] for r in cl.best_vs_baseline(runs)])
 
 
 def _status_counts(runs: xr.Dataset) -> tuple[list[str], np.ndarray]:

@@ -3,18 +3,25 @@
 One cycle (:meth:`CEM.run_cycle`) is the four CE steps:
 
 1. **sample** N proposals from the sampler, prompted with this cycle's baselines;
-2. **score**: apply each delta (``parse_error``/``apply_error``, tier recorded), check
-   the syntax, drop near-duplicates of anything already in the population (novelty
-   filter *before* evaluation, so duplicates are never trained), train and score the
-   rest in the sandbox pool, and give a random few of the scored ones extra proxy runs
-   with other seeds (the replicates the SNR is estimated from);
+2. **score**: apply each delta (``parse_error``/``apply_error``, tier recorded; a delta
+   that leaves its parent as it was is ``unchanged``), check the syntax, look each
+   architecture up in the archive of everything evaluated so far (zoo baselines
+   included, :mod:`cem_nas.repeats`) *before* evaluation, so a repeat is never trained,
+   train and score the new ones in the sandbox pool, give a random few of them extra
+   proxy runs with other seeds (the replicates the SNR is estimated from), and then
+   settle the repeats: with ``search.duplicates = inherit`` a repeat takes its twin's
+   status and score (a twin from the same cycle is waited for), with ``reject`` it is a
+   ``duplicate``;
 3. **select** the elites: the top ``elite_fraction`` of the valid (status ``ok``)
    scores; gamma_t is the lowest elite score;
 4. **update** the sampler toward the elites.
 
-:meth:`CEM.step` then runs the hooks and writes the cycle to the store; the state that
-resume needs is written last (the commit point, see :mod:`cem_nas.store`). Every
-proposal becomes a candidate row with exactly one final status: nothing is dropped.
+Before cycle 0 the zoo baselines are scored once on the same proxy (the reference
+points: stored in every cycle file, and archived, so a proposal that reproduces one is a
+repeat of it). :meth:`CEM.step` then runs the hooks and writes the cycle to the store;
+the state that resume needs is written last (the commit point, see
+:mod:`cem_nas.store`). Every proposal becomes a candidate row with exactly one final
+status: nothing is dropped.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from cem_nas.delta import DeltaError, apply_delta, count_lines, make_delta
 from cem_nas.hooks import Candidate, CycleRecord, Hook, Instrumentation, load_user_hook
 from cem_nas.novelty import NoveltyArchive
 from cem_nas.records import Baseline, Elite, EvalResult, Proposal, UpdateStats
+from cem_nas.repeats import RepeatArchive, inherited
 from cem_nas.store import RunStore, cycle_dataset
 
 
@@ -102,6 +110,7 @@ class CEM:
             from cem_nas.tensorboard import TensorBoardHook
 
             self.hooks.append(TensorBoardHook(store.root / "tb"))
+        self.repeats = RepeatArchive(self.archive if cfg.novelty.enabled else None)
         self.state = LoopState()
         self.zoo = zoo_baselines(cfg.search.baselines)
         self.born = {}  # baseline name -> cycle it was born in (absent: zoo)
@@ -119,9 +128,10 @@ class CEM:
         by_name = {b.name: b for b in baselines}
         with timed(seconds, "apply"):
             cands = [self.prepare(t, i, p, by_name) for i, p in enumerate(proposals)]
-            self.filter_duplicates(t, cands)
+            self.find_repeats(t, cands)
         with timed(seconds, "evaluate"):
-            self.evaluate(cands)
+            self.evaluate(t, cands)
+            self.settle_repeats(cands)
         elites, gamma = select_elites(cands, self.cfg.search.elite_fraction)
         for c in elites:
             c.is_elite = True
@@ -129,7 +139,21 @@ class CEM:
             stats = self.update(t, elites, proposals, by_name)
         return CycleRecord(cycle=t, candidates=cands, gamma=gamma, update=stats, seconds=seconds,
                            baselines=[b.name for b in baselines], alpha=float(getattr(self.sampler, "alpha", math.nan)),
-                           replicates=self.cfg.search.replicate_seeds, neutral_diversity=neutral_diversity)
+                           replicates=self.cfg.search.replicate_seeds, neutral_diversity=neutral_diversity,
+                           zoo={b.name: r for b in self.zoo if (r := self.repeats.result(b.name)) is not None})
+
+    def score_baselines(self) -> None:
+        """Score every zoo baseline once on the proxy (seed 0) and archive it; a no-op once done."""
+        todo = [b for b in self.zoo if b.name not in self.repeats]
+        if not todo:
+            return
+        for b in todo:
+            self.repeats.add(b.name, b.code)
+        futures = {b.name: self.pool.submit(b.code, (0,)) for b in todo}
+        with self.progress(total=len(futures), desc="score zoo baselines") as bar:
+            for name, fut in futures.items():
+                self.repeats.resolve(name, fut.result()[0])
+                bar.update()
 
     def baselines(self) -> list[Baseline]:
         """The parents of this cycle: the zoo, or in refine mode the best candidates so far."""
@@ -158,47 +182,72 @@ class CEM:
         c = Candidate(cand=i, baseline=p.baseline, parent_cycle=self.born.get(p.baseline, -1), prompt=p.prompt,
                       response=p.response, delta=p.delta or "", prompt_tokens=p.prompt_tokens,
                       completion_tokens=p.completion_tokens, gen_seconds=p.gen_seconds,
-                      delta_lines=count_lines(p.delta) if p.delta else 0)
+                      delta_lines=count_lines(p.delta) if p.delta else 0, stop_reason=p.stop_reason)
+        parent = by_name[p.baseline].code
         if self.sampler.mode == "delta":
-            if not p.delta:
+            if p.delta is None:
                 c.status, c.message = "parse_error", p.meta.get("parse_error", "no unified diff found in the response")
                 return c
             try:
-                applied = apply_delta(by_name[p.baseline].code, p.delta)
+                # completeness was decided by the sampler from the raw response: never re-guessed here
+                applied = apply_delta(parent, p.delta, complete=p.complete) if p.delta else None
             except DeltaError as e:
                 c.status, c.message = e.kind, str(e)
                 return c
-            c.code, c.apply_tier = applied.code, applied.tier
+            c.code, c.apply_tier = (applied.code, applied.tier) if applied else (parent, "")
         elif not p.code:
             c.status, c.message = "parse_error", p.meta.get("parse_error", "no model file found in the response")
             return c
         else:
             c.code = p.code
         c.code_lines = count_lines(c.code)
+        if c.code == parent:
+            c.status, c.message = "unchanged", f"the {'delta' if self.sampler.mode == 'delta' else 'file'} " \
+                                               f"leaves its parent {p.baseline} as it was: nothing new to train"
+            return c
         try:
             compile(c.code, "net.py", "exec")
         except (SyntaxError, ValueError) as e:
             c.status, c.message = "syntax_error", f"{type(e).__name__}: {e}"
         return c
 
-    def filter_duplicates(self, t: int, cands: list[Candidate]) -> None:
-        """Novelty filter over the whole population so far (earlier cycles and this one)."""
+    def find_repeats(self, t: int, cands: list[Candidate]) -> None:
+        """Look each built candidate up among everything evaluated so far (this cycle's earlier
+        candidates too): a repeat names its twin, a new architecture is archived."""
+        this_cycle = set()  # twins still to be trained: their repeats wait for the result
         for c in cands:
-            if c.status or not self.cfg.novelty.enabled:
+            if c.status:
                 continue
-            novel, similarity, nearest = self.archive.check(c.code)
-            c.novelty = float(similarity)
-            if novel:
-                self.archive.add(candidate_name(t, c.cand), c.code)
+            twin, similarity = self.repeats.twin(c.code)
+            c.novelty = similarity
+            # a twin without a recorded result (archived by a version that kept none) cannot be inherited
+            if twin is not None and (twin in this_cycle or self.repeats.result(twin) is not None):
+                c.twin = twin
             else:
-                c.status, c.message = "duplicate", f"Jaccard {similarity:.3f} to {nearest}"
+                name = candidate_name(t, c.cand)
+                self.repeats.add(name, c.code)
+                this_cycle.add(name)
+                c.is_new = True
 
-    def evaluate(self, cands: list[Candidate]) -> None:
-        """Proxy-train every pending candidate, then replicate seeds on a random few scored ones."""
-        pending = [c for c in cands if not c.status]
+    def settle_repeats(self, cands: list[Candidate]) -> None:
+        """Give each repeat its twin's result (inherit) or the duplicate status (reject)."""
+        for c in cands:
+            if not c.twin:
+                continue
+            result = self.repeats.result(c.twin)
+            c.inherited, message = inherited(result, c.twin, c.novelty)
+            if self.cfg.search.duplicates == "inherit":
+                c.results, c.status, c.message = [c.inherited], c.inherited.status, message
+            else:
+                c.status, c.message = "duplicate", f"{message}; rejected (search.duplicates = reject)"
+
+    def evaluate(self, t: int, cands: list[Candidate]) -> None:
+        """Proxy-train every new architecture, then replicate seeds on a random few scored ones."""
+        pending = [c for c in cands if c.is_new]
         self._run(pending, (0,), "evaluate")
         for c in pending:
             c.status, c.message = c.results[0].status, c.results[0].message
+            self.repeats.resolve(candidate_name(t, c.cand), c.results[0])
         reps = self.cfg.search.replicate_seeds
         scored = [c for c in pending if c.status == "ok"]
         k = min(self.cfg.search.replicate_candidates, len(scored)) if reps > 1 else 0
@@ -240,6 +289,7 @@ class CEM:
     def step(self) -> CycleRecord:
         """Run the next cycle, run the hooks, write the cycle and commit the state."""
         t = self.state.cycles_done
+        self.score_baselines()
         record = self.run_cycle(t)
         values: dict[str, Any] = {}
         variables: dict[str, tuple[str, str]] = {}
@@ -274,9 +324,10 @@ class CEM:
                     hook.close()
 
     def remember_best(self, record: CycleRecord) -> None:
-        """Keep the best valid candidates so far (iterative refinement's baselines)."""
+        """Keep the best valid candidates so far (iterative refinement's baselines); a repeat
+        is not kept beside its twin."""
         for c in record.candidates:
-            if c.status == "ok":
+            if c.status == "ok" and not c.twin:
                 name = candidate_name(record.cycle, c.cand)
                 self.state.best.append(Ranked(name, c.code, c.score, record.cycle))
                 self.born[name] = record.cycle
@@ -290,6 +341,7 @@ class CEM:
                 "seed": cfg.run.seed, "baseline_mode": cfg.search.baseline_mode,
                 "elite_fraction": cfg.search.elite_fraction, "novelty_threshold": cfg.search.novelty_threshold,
                 "sampler_dtype": getattr(self.sampler, "dtype", ""),
+                "duplicates": cfg.search.duplicates,
                 "config": to_toml(cfg), "versions": json.dumps(versions())}
 
     @contextmanager
@@ -304,6 +356,7 @@ class CEM:
             "cycles_done": self.state.cycles_done,
             "rng": self.rng.bit_generator.state,
             "archive": self.archive.state_dict(),
+            "repeats": self.repeats.state_dict(),
             "sampler": self.sampler.state_dict(),
             "hooks": [h.state_dict() for h in self.hooks],
             "best": [vars(r) for r in self.state.best],
@@ -315,6 +368,8 @@ class CEM:
         self.born = {r.name: r.cycle for r in self.state.best}
         self.rng.bit_generator.state = state["rng"]
         self.archive = NoveltyArchive.from_state_dict(state["archive"])
+        self.repeats = RepeatArchive(self.archive if self.cfg.novelty.enabled else None)
+        self.repeats.load_state_dict(state.get("repeats"))
         self.sampler.load_state_dict(state["sampler"])
         if len(state["hooks"]) != len(self.hooks):
             raise ConfigError(f"the run was saved with {len(state['hooks'])} hooks and now has {len(self.hooks)}; "

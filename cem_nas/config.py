@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cem_nas.evaluate import EvalSettings
+from cem_nas.repeats import READINGS
 from cem_nas.sampler.llm import DECODERS, ENGINES, GenerationSettings, LoRASettings, WarmStartSettings
 from cem_nas.sampler.model import DTYPES
 from cem_nas.sampler.openai_engine import OpenAISettings
@@ -86,7 +87,10 @@ class SearchSettings:
     replicate_seeds: int = 3
     """Proxy runs (seeds) per replicated candidate, counting the scoring run; 1 = no replicates."""
     novelty_threshold: float = 0.9
-    """A candidate is a duplicate (not trained) when its MinHash Jaccard to the archive is >= this."""
+    """A candidate repeats an archived architecture (not trained) when its MinHash Jaccard to it is >= this."""
+    duplicates: str = "inherit"
+    """What a repeat of an archived architecture is: inherit (the CE reading: it takes its twin's status and score
+    and may be an elite) or reject (the reference pipeline's reading: status duplicate, never an elite, a miss)."""
 
 
 @dataclass
@@ -123,7 +127,7 @@ class SamplerSettings:
 @dataclass
 class NoveltySettings:
     enabled: bool = True
-    """Drop near-duplicates (status duplicate, not trained) before evaluation."""
+    """Find near-repeats by MinHash Jaccard before evaluation (off: only exact repeats, after normalisation)."""
     num_perm: int = 128
     """MinHash permutations."""
     shingle: int = 7
@@ -188,6 +192,7 @@ RESUMABLE_CHANGES = (
 # Allowed values and ranges, checked by validate(). (lo, hi, lo_open, hi_open); None = unbounded.
 CHOICES = {
     "search.baseline_mode": ("fixed", "refine"),
+    "search.duplicates": READINGS,
     "sampler.kind": ("llm", "grammar"),
     "sampler.mode": ("delta", "full"),
     "sampler.dtype": DTYPES,

@@ -31,13 +31,28 @@ indentation offset), the one at the hunk header's old-side line wins if the head
 has numbers; otherwise several places mean the hunk is refused as ambiguous. The
 header number is only ever a tie-breaker, never a reason to apply.
 
-Truncated generations (cut by the token limit) are refused as ``parse_error`` when the
-text ends right after a hunk header, or the last hunk runs to the end of the text and is
-shorter than its header's counts: on either side if the text stops mid-line; on both
-sides if it stops inside an unclosed code fence or the hunk lacks its trailing context
-(none, or fewer lines than it has leading context). Pass the raw response (not
-``.strip()``-ed), so that a missing final newline still means something. A caller that
-knows the generation hit its token limit should treat it as truncated itself.
+Truncation (a generation cut by its token limit) is decided once, by whoever still has
+the evidence, and travels with the delta as ``complete``:
+
+``complete=True``
+    the text is known to be whole (its fenced block closed, generation stopped on EOS,
+    or the delta was made by :func:`make_delta`): no truncation rule runs;
+``complete=False``
+    generation stopped at its token limit: the delta is refused as ``parse_error`` if
+    its last hunk runs to the end of the text (it was being written when the limit hit);
+``complete=None`` (unknown provenance)
+    a heuristic decides: refused when the text ends right after a hunk header, or the
+    last hunk runs to the end of the text and is shorter than its header's counts: on
+    either side if the text stops mid-line; on both sides if it stops inside an unclosed
+    code fence or the hunk lacks its trailing context (none, or fewer lines than it has
+    leading context). Pass the raw response (not ``.strip()``-ed), so that a missing
+    final newline and the fences still mean something.
+
+The heuristic misfires on an extracted hunk (the closing fence, the proof of
+completeness, is gone), so a sampler extracts with the stop reason it knows and hands
+the extracted delta on with ``complete=True``. A diff whose hunks hold no ``+``/``-``
+line is read (and verified) like any other; that it changes nothing is for the caller
+to see in the result.
 
 Whatever the input, :func:`apply_delta` returns an :class:`Applied` or raises
 :class:`DeltaError`; nothing else.
@@ -382,7 +397,7 @@ def _check_text(value: object, what: str, cap: int, kind: str) -> str:
     return value
 
 
-def _parse(text: object) -> _Parsed:
+def _parse(text: object, complete: bool | None = None) -> _Parsed:
     text = _check_text(text, "delta", MAX_DELTA_CHARS, "parse_error")
     raw = text.split("\n")
     if raw[-1] == "":
@@ -400,26 +415,29 @@ def _parse(text: object) -> _Parsed:
             f"'+++ b/net.py' headers) followed by lines starting with ' ', '+' or '-'; the text starts {_preview(text)}",
         )
     # an unclosed fence runs to the end of the text, as does the whole text
-    if open_hunk is not None and (lines is raw or not closed):
+    if open_hunk is not None and (lines is raw or not closed) and complete is not True:
+        if complete is False:
+            raise DeltaError("parse_error", f"generation stopped at its token limit while writing the last hunk "
+                                            f"({open_hunk.header or 'no @@ header'}): the output is truncated")
         truncated = _truncation(open_hunk, not text.endswith("\n"), not closed)
         if truncated:
             raise DeltaError("parse_error", truncated)
-    if not any(tag != " " for h in hunks for tag, _, _ in h.body):
-        raise DeltaError("parse_error", f"the diff has {len(hunks)} hunk(s) but no '+' or '-' line: it changes nothing")
     return _Parsed(hunks, consumed)
 
 
-def extract_delta(text: str) -> str:
+def extract_delta(text: str, complete: bool | None = None) -> str:
     """The unified diff inside an LLM response: fences, chatter and stray text removed.
 
-    Raises :class:`DeltaError` (``parse_error``) if there is no diff.
+    ``complete`` is what the caller knows about truncation (module docstring): pass the
+    raw response with it; the result is whole and is applied with ``complete=True``.
+    Raises :class:`DeltaError` (``parse_error``) if there is no diff or it is truncated.
 
     >>> print(extract_delta("Sure! Here it is:\\n```diff\\n@@ -1 +1 @@\\n-a\\n+b\\n```\\nDone."), end="")
     @@ -1 +1 @@
     -a
     +b
     """
-    return "\n".join(_parse(text).lines) + "\n"
+    return "\n".join(_parse(text, complete).lines) + "\n"
 
 
 def extract_code(text: str) -> str:
@@ -711,11 +729,12 @@ def _results(placed: list[_Placement], hunks: list[_Hunk], missed: dict[int, str
     return tuple(out)
 
 
-def apply_delta(source: str, delta: str, partial: bool = False) -> Applied:
+def apply_delta(source: str, delta: str, partial: bool = False, complete: bool | None = None) -> Applied:
     """Apply a unified diff (possibly wrapped in an LLM's answer) to ``source``.
 
     Tries the tiers strict -> recount -> content (-> partial when ``partial=True``)
     described in the module docstring; returns the first that places every hunk.
+    ``complete``: whether ``delta`` is known to be whole (see the module docstring).
     Raises :class:`DeltaError`: ``parse_error`` if no diff can be read, ``apply_error``
     if a hunk's context is not found, is ambiguous, or hunks overlap.
 
@@ -724,7 +743,7 @@ def apply_delta(source: str, delta: str, partial: bool = False) -> Applied:
     >>> r.tier, r.code
     ('strict', 'def f(x):\\n    return 2 * x\\n')
     """
-    parsed = _parse(delta)
+    parsed = _parse(delta, complete)
     source = _check_text(source, "source", MAX_RESULT_CHARS, "apply_error")
     src = _split(source)
     crlf = sum(t.endswith("\r") for t, _ in src) * 2 > len(src)

@@ -49,6 +49,27 @@ class Candidate:
     delta_lines: int = 0
     code_lines: int = 0
     is_elite: bool = False
+    stop_reason: str = ""  # why generation ended (eos, fence, length); "" for a sampler that does not generate
+    is_new: bool = False  # a new architecture: archived under this candidate's name, trained
+    twin: str = ""  # name of the archived architecture this is a repeat of; "" when it is none
+    inherited: EvalResult | None = None  # the twin's scoring result, in either reading
+
+    @property
+    def score_source(self) -> str:
+        """Where the score came from: ``proxy`` (trained here), ``archive`` (a repeat's twin), "" (none)."""
+        if self.twin and self.results:
+            return "archive"
+        return "proxy" if self.results else ""
+
+    def reading(self, duplicates: str) -> tuple[str, float]:
+        """(status, score) when repeats are read as ``duplicates`` says: ``inherit``, a
+        repeat has its twin's status and score; ``reject``, it is an unscored duplicate."""
+        if not self.twin or self.inherited is None:
+            return self.status, self.score
+        if duplicates == "reject":
+            return "duplicate", NAN
+        r = self.inherited
+        return r.status, (r.accuracy if r.scored else NAN)
 
     @property
     def score(self) -> float:
@@ -78,6 +99,7 @@ class CycleRecord:
     alpha: float = NAN  # the sampler's known smoothing step; NaN when it has none (LLM without smoothing)
     replicates: int = 1  # replicate proxy runs per replicated candidate (rep dim length)
     neutral_diversity: float = NAN  # of the sampler's neutral control coordinate; NaN when it has none
+    zoo: dict[str, EvalResult] = field(default_factory=dict)  # scoring result of each zoo baseline (run start)
 
     def scores(self) -> np.ndarray:
         return np.array([c.score for c in self.candidates], dtype=float)
@@ -182,7 +204,11 @@ class Instrumentation(Hook):
     Elite set E = {score >= gamma_ref}; gamma_ref is the configured value, or else the
     first finite elite threshold gamma_t, frozen. p_t(E) is the share of *all* of the
     cycle's proposals in E (a failed candidate is not in E), with a Wilson interval;
-    q_t(E) is the share of the elites in E. The smoothing identity of mixture CE,
+    q_t(E) is the share of the elites in E. Both are read as the run reads repeats
+    (``search.duplicates``, the store's ``duplicates`` attribute); p_t(E) is also stored
+    in both readings (``p_E_inherit``: a repeat has its twin's score; ``p_E_reject``: a
+    repeat is a miss), beside the share of proposals that are new architectures and the
+    novel-valid yield (new and ``ok``). The smoothing identity of mixture CE,
     ``1-p_{t+1} = alpha(1-q_t) + (1-alpha)(1-p_t)``, is checked when cycle t+1 is
     measured and stored on cycle t+1's row: ``smoothing_residual`` is the left side
     minus the right side with the sampler's known alpha (grammar sampler; LLM with
@@ -197,14 +223,23 @@ class Instrumentation(Hook):
 
     variables = {
         "gamma_ref": ("accuracy", "reference threshold of the elite set E (score >= gamma_ref)"),
-        "p_E": ("1", "p_t(E): share of all proposals of the cycle with score >= gamma_ref"),
+        "p_E": ("1", "p_t(E) in the run's reading of repeats (attrs duplicates): share of all proposals with score >= gamma_ref"),
         "p_E_lo": ("1", "Wilson interval lower bound of p_E"),
         "p_E_hi": ("1", "Wilson interval upper bound of p_E"),
         "q_E": ("1", "q_t(E): share of this cycle's elites with score >= gamma_ref"),
         "alpha": ("1", "smoothing step from the previous cycle: the sampler's known alpha, else the implied alpha"),
         "smoothing_residual": ("1", "(1-p_t) - [alpha(1-q_{t-1}) + (1-alpha)(1-p_{t-1})]; NaN when alpha is implied"),
+        "p_E_inherit": ("1", "p_t(E) when a repeat has its twin's score (search.duplicates = inherit, the CE reading)"),
+        "p_E_inherit_lo": ("1", "Wilson interval lower bound of p_E_inherit"),
+        "p_E_inherit_hi": ("1", "Wilson interval upper bound of p_E_inherit"),
+        "p_E_reject": ("1", "p_t(E) when a repeat is a miss (search.duplicates = reject, the reference reading)"),
+        "p_E_reject_lo": ("1", "Wilson interval lower bound of p_E_reject"),
+        "p_E_reject_hi": ("1", "Wilson interval upper bound of p_E_reject"),
         "valid_rate": ("1", "share of proposals with status ok"),
-        "duplicate_rate": ("1", "share of proposals with status duplicate (not trained)"),
+        "duplicate_rate": ("1", "share of proposals with status duplicate (repeats rejected, not trained)"),
+        "repeat_rate": ("1", "share of proposals that repeat an archived architecture (not trained, either reading)"),
+        "new_share": ("1", "share of proposals that are new architectures (archived and trained)"),
+        "novel_valid_yield": ("1", "share of proposals that are new architectures with status ok"),
         "strict_rate": ("1", "share of proposals whose delta applied at the strict tier (its @@ headers exact); "
                         "NaN in full mode"),
         "chance_share": ("1", "share of the trained candidates (ok or low_accuracy) at chance: accuracy <= 1.2 x "
@@ -275,7 +310,7 @@ class Instrumentation(Hook):
         n = len(scores)
         valid = scores[status == "ok"]
         elites = np.array([c.is_elite for c in record.candidates], dtype=bool)
-        in_e = np.nan_to_num(scores, nan=-np.inf) >= self.gamma_ref if math.isfinite(self.gamma_ref) else np.zeros(n, bool)
+        in_e = self._in_e(scores)
         k = int(in_e.sum())
         p_lo, p_hi = wilson_interval(k, n, self.level)
         p = k / n
@@ -293,6 +328,14 @@ class Instrumentation(Hook):
         }
         out.update(chance_share(status, self.level))
         out.update(self._smoothing(p, record.alpha))
+        for reading in ("inherit", "reject"):
+            read = np.array([c.reading(reading)[1] for c in record.candidates], dtype=float)
+            k_r = int(self._in_e(read).sum())
+            lo, hi = wilson_interval(k_r, n, self.level)
+            out.update({f"p_E_{reading}": k_r / n, f"p_E_{reading}_lo": lo, f"p_E_{reading}_hi": hi})
+        new = np.array([c.is_new for c in record.candidates], dtype=bool)
+        out.update(repeat_rate=float(np.mean([bool(c.twin) for c in record.candidates])),
+                   new_share=float(new.mean()), novel_valid_yield=float(np.mean(new & (status == "ok"))))
         self.best_so_far = float(np.fmax(self.best_so_far, out["score_best"]))
         out["best_so_far"] = self.best_so_far
         rep = record.rep_matrix()
@@ -307,6 +350,12 @@ class Instrumentation(Hook):
             out[f"seconds_{phase}"] = float(record.seconds.get(phase, NAN))
         self.previous = {"p_E": p, "q_E": q}
         return out
+
+    def _in_e(self, scores: np.ndarray) -> np.ndarray:
+        """Membership of E = {score >= gamma_ref} (nobody while gamma_ref is unknown)."""
+        if not math.isfinite(self.gamma_ref):
+            return np.zeros(len(scores), bool)
+        return np.nan_to_num(scores, nan=-np.inf) >= self.gamma_ref
 
     def _smoothing(self, p: float, alpha: float) -> dict[str, float]:
         """alpha and residual of 1-p_{t+1} = alpha(1-q_t) + (1-alpha)(1-p_t) (see class doc)."""

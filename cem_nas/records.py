@@ -16,11 +16,12 @@ from typing import Any
 STATUSES = (
     "parse_error",       # no unified diff / no code could be extracted from the response
     "apply_error",       # the delta did not apply to its baseline at any tier
+    "unchanged",         # the delta applied but leaves its parent as it was (nothing to train)
     "syntax_error",      # the resulting file is not valid Python
     "policy_violation",  # the AST policy or the audit hook refused the code
     "build_error",       # Net(...) raised, or the file lacks the model interface
     "shape_error",       # forward() gave the wrong output shape
-    "duplicate",         # too similar to a candidate already in the archive (not trained)
+    "duplicate",         # a repeat of an archived architecture, rejected (search.duplicates = reject)
     "timeout",           # wall-clock or CPU limit hit (killed)
     "memory_error",      # address-space limit hit or MemoryError
     "nan_loss",          # non-finite loss or outputs during training
@@ -55,10 +56,11 @@ class TaskSpec:
 class Proposal:
     """One sample X_i from the sampling distribution.
 
-    In delta mode ``delta`` holds the extracted unified diff and ``code`` is None until
-    the loop applies it; in full mode ``code`` holds the whole extracted file and
-    ``delta`` is None. ``meta`` carries sampler-specific data (the grammar sampler's
-    choice indices, for instance).
+    In delta mode ``delta`` holds the extracted unified diff (None: none was found; ""
+    an empty delta, which changes nothing) and ``code`` is None until the loop applies
+    it; in full mode ``code`` holds the whole extracted file and ``delta`` is None.
+    ``meta`` carries sampler-specific data (the grammar sampler's choice indices, for
+    instance); ``complete`` see :mod:`cem_nas.delta`.
     """
 
     baseline: str
@@ -73,6 +75,9 @@ class Proposal:
     """Why generation ended: eos, fence (the fenced answer closed), length (token budget
     spent); empty for samplers that do not generate text."""
     meta: dict[str, Any] = field(default_factory=dict)
+    complete: bool | None = None
+    """Whether the delta is known to be whole: decided once by the sampler from the raw
+    response and its stop reason (None: unknown, the applier's truncation heuristic decides)."""
 
 
 @dataclass

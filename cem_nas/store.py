@@ -34,7 +34,7 @@ CONFIG_FILE = "config.toml"
 #: Candidate variables the loop writes itself: name -> (units, description).
 CANDIDATE_VARIABLES = {
     "status": ("", "final status of the candidate (one of the status_kind coordinate)"),
-    "message": ("", "why the candidate failed; empty when ok"),
+    "message": ("", "why the candidate failed, or whose repeat it is; empty for a new ok candidate"),
     "baseline": ("", "name of the architecture the proposal edits"),
     "prompt": ("", "prompt given to the sampler"),
     "response": ("", "raw sampler output"),
@@ -53,6 +53,10 @@ CANDIDATE_VARIABLES = {
     "delta_lines": ("line", "lines of the extracted delta"),
     "code_lines": ("line", "lines of the candidate's model file"),
     "is_elite": ("1", "selected as an elite this cycle"),
+    "stop_reason": ("", "why generation ended: eos, fence (its block closed), length (token limit); empty without generation"),
+    "is_new": ("1", "a new architecture: archived under this candidate's name and trained"),
+    "twin": ("", "name of the archived architecture (candidate or zoo baseline) this one repeats; empty when none"),
+    "score_source": ("", "where the score came from: proxy (trained), archive (the twin's), empty (no score)"),
 }
 
 
@@ -117,7 +121,8 @@ def cycle_dataset(record: CycleRecord, hook_values: dict[str, Any],
     n = len(cands)
     cols: dict[str, np.ndarray] = {
         name: _text([getattr(c, name) for c in cands])
-        for name in ("status", "message", "baseline", "prompt", "response", "delta", "code", "apply_tier")
+        for name in ("status", "message", "baseline", "prompt", "response", "delta", "code", "apply_tier",
+                     "stop_reason", "twin", "score_source")
     }
     cols["parent_cycle"] = np.array([c.parent_cycle for c in cands], dtype=np.int64)
     cols["score"] = record.scores()
@@ -129,6 +134,7 @@ def cycle_dataset(record: CycleRecord, hook_values: dict[str, Any],
     for name in ("prompt_tokens", "completion_tokens", "delta_lines", "code_lines"):
         cols[name] = np.array([getattr(c, name) for c in cands], dtype=np.int64)
     cols["is_elite"] = np.array([c.is_elite for c in cands], dtype=bool)
+    cols["is_new"] = np.array([c.is_new for c in cands], dtype=bool)
 
     data_vars: dict[str, Any] = {}
     for name, values in cols.items():
@@ -139,6 +145,12 @@ def cycle_dataset(record: CycleRecord, hook_values: dict[str, Any],
     data_vars["gamma"] = (("cycle",), [record.gamma], {"units": "accuracy", "description": "elite threshold gamma_t: lowest elite score"})
     data_vars["status_count"] = (("cycle", "status_kind"), status_counts(record)[None],
                                  {"units": "count", "description": "candidates per final status"})
+    if record.zoo:  # run constants (the same in every cycle file): the reference points
+        data_vars["zoo_score"] = (("zoo",), [r.accuracy if r.scored else np.nan for r in record.zoo.values()],
+                                  {"units": "accuracy", "description": "proxy score of each zoo baseline, scored "
+                                   "once at the start of the run (seed 0, the candidates' proxy)"})
+        data_vars["zoo_status"] = (("zoo",), _text([r.status for r in record.zoo.values()]),
+                                   {"units": "", "description": "status of each zoo baseline's proxy run"})
     for name, value in hook_values.items():
         units, desc = variables.get(name, ("", "value from a user hook"))
         arr = np.asarray(value)
@@ -150,6 +162,8 @@ def cycle_dataset(record: CycleRecord, hook_values: dict[str, Any],
             raise ValueError(f"hook value {name!r} has shape {arr.shape}; expected a scalar or one value per candidate ({n})")
     coords = {"cycle": [record.cycle], "cand": np.arange(n), "rep": np.arange(record.replicates),
               "status_kind": np.array(STATUSES, dtype=object)}
+    if record.zoo:
+        coords["zoo"] = np.array(list(record.zoo), dtype=object)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 

@@ -245,6 +245,8 @@ def test_report_writes_plots_and_a_verdict_per_claim(noisy_run, tmp_path):
         body = sections[claim.title].split("\n## ", 1)[0]
         assert f"**Verdict: {claim.verdict}** - " in body, claim.title
     assert text.count("**Verdict: ") == 5
+    # a store from before search.duplicates: its p_t(E) is the reject reading, the inherit one unavailable
+    assert "use the reject (store predates search.duplicates) reading" in text and "unavailable" in text
     for png in ("threshold", "elite_probability", "smoothing", "status", "reliability"):
         data = (out / f"{png}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png

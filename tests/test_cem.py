@@ -14,7 +14,7 @@ from experiments import cem_run
 from cem_nas.cem import CEM, build_sampler, make_pool, select_elites
 from cem_nas.config import ConfigError, RunConfig, apply_overrides, to_toml
 from cem_nas.data import load_dataset
-from cem_nas.delta import apply_delta, make_delta
+from cem_nas.delta import apply_delta, extract_delta, make_delta
 from cem_nas.records import STATUSES, EvalResult, Proposal, UpdateStats
 from cem_nas.store import RunStore, load
 from theory import reliability
@@ -97,11 +97,24 @@ def test_grammar_run_hook_values_agree_with_theory(grammar_run):
         rep = c.rep_score.values
         assert (rep[:, 0][ok] == score[ok]).all()
         rows = rep[np.isfinite(rep).sum(axis=1) == 2]
-        assert len(rows) == min(4, ok.sum()) == int(c.n_rep_arch)
+        # replicates go to new architectures only: a repeat was not trained
+        assert len(rows) == min(4, (ok & c.is_new.values).sum()) == int(c.n_rep_arch)
         if len(rows) >= 3 and np.std(rows) > 0:
             assert float(c.icc) == pytest.approx(reliability.icc1(rows).icc)
         assert float(c.valid_rate) == ok.mean()
         assert float(c.score_best) == np.nanmax(score)
+
+
+def test_grammar_run_report_shows_both_readings_and_the_baseline(grammar_run, tmp_path):
+    from analysis.report import write_report
+
+    _, _, ds = grammar_run
+    text = write_report(grammar_run[1].store.root, tmp_path / "rep").read_text()
+    assert "The verdicts use the inherit reading" in text and "unavailable" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| g |"))
+    assert f"{float(ds.zoo_score.max()):.3f} mlp" in row
+    assert np.isfinite(ds.p_E_inherit).all() and np.isfinite(ds.p_E_reject).all()
+    assert (ds.p_E_reject <= ds.p_E_inherit).all()  # a repeat can only add to E when it inherits
 
 
 # ---------------------------------------------------------------- every failure becomes a status
@@ -170,18 +183,120 @@ def test_every_failure_is_a_row_with_its_status(tmp_path):
     record = loop.step()
     status = [c.status for c in record.candidates]
     assert status[:3] == ["parse_error", "apply_error", "syntax_error"]
-    assert status[-1] == "duplicate" and record.candidates[-1].message.startswith("Jaccard 1.000")
-    assert status[3:-1] == ["ok"] * 5
+    assert status[3:] == ["ok"] * 6
+    repeat, twin = record.candidates[-1], record.candidates[3]
+    assert (repeat.twin, repeat.score_source, repeat.score) == ("c0000_003", "archive", twin.score)
+    assert repeat.message.startswith("repeat of c0000_003 (exact repeat)") and not repeat.is_new
     assert record.candidates[0].message == "no diff in prose" and record.candidates[3].apply_tier
-    # duplicates and failures are never trained; replicates only for 2 ok candidates, seeds 1..2
+    # repeats and failures are never trained; the zoo baseline is scored once first;
+    # replicates only for 2 new ok candidates, seeds 1..2
     first = [c for c, s in pool.calls if s == (0,)]
-    assert len(first) == 5 and sum(s == (1, 2) for _, s in pool.calls) == 2
+    assert first[0] == zoo.source("mlp") and len(first) == 1 + 5 and sum(s == (1, 2) for _, s in pool.calls) == 2
     elites = sampler.updates[0]
-    assert len(elites) == 2 and all(e.meta["parent_cycle"] == -1 and e.baseline == "mlp" and e.cycle == 0 for e in elites)
-    assert [e.score for e in elites] == sorted((c.score for c in record.candidates if c.status == "ok"), reverse=True)[:2]
+    # ceil(0.34 x 6 ok): a repeat is a sample like any other
+    assert len(elites) == 3 and all(e.meta["parent_cycle"] == -1 and e.baseline == "mlp" and e.cycle == 0 for e in elites)
+    assert [e.score for e in elites] == sorted((c.score for c in record.candidates if c.status == "ok"), reverse=True)[:3]
     ds = load(loop.store.root)
     assert ds.status.values[0].tolist() == status and ds.n_rep_arch.item() == 2
     assert (ds.delta_lines.values[0, 3:] > 0).all() and ds.code.values[0, 0] == ""
+    assert ds.twin.values[0, -1] == "c0000_003" and ds.score_source.values[0].tolist() == [""] * 3 + ["proxy"] * 5 + ["archive"]
+    assert float(ds.zoo_score.sel(zoo="mlp")) == pool.submit(zoo.source("mlp"), (0,)).result()[0].accuracy
+    assert (ds.new_share.item(), ds.novel_valid_yield.item(), ds.repeat_rate.item()) == (5 / 9, 5 / 9, 1 / 9)
+    assert ds.p_E_inherit.item() == ds.p_E.item() and ds.attrs["duplicates"] == "inherit"
+
+
+def test_a_rejected_repeat_is_a_duplicate_but_its_inherit_reading_is_stored(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "9", "search.cycles": "1", "search.novelty_threshold": "1.0",
+                                    "search.duplicates": "reject", "search.elite_fraction": "1.0"})
+    loop = open_loop(cfg, ScriptedSampler(), FakePool())
+    record = loop.step()
+    repeat = record.candidates[-1]
+    assert repeat.status == "duplicate" and math.isnan(repeat.score) and not repeat.is_elite
+    assert repeat.reading("inherit") == ("ok", record.candidates[3].score)
+    ds = load(loop.store.root)
+    # every ok candidate is an elite, so E holds them all: the repeat is in E only when inherited
+    assert ds.p_E_reject.item() == ds.p_E.item() == 5 / 9 and ds.p_E_inherit.item() == 6 / 9
+    assert ds.attrs["duplicates"] == "reject"
+
+
+class EditsSampler(ScriptedSampler):
+    """The proposals given, in order (an edit is a function of the baseline source)."""
+
+    def __init__(self, edits):
+        super().__init__()
+        self.edits = edits
+
+    def propose(self, baselines, n, rng):
+        base = baselines[0]
+        return [Proposal(base.name, "p", "r", delta=make_delta(base.code, edit(base.code)), complete=True)
+                for edit in self.edits[:n]]
+
+
+class FailingPool(FakePool):
+    """A FakePool under which code holding FAIL does not build."""
+
+    def submit(self, code, seeds):
+        if "FAIL" not in code:
+            return super().submit(code, seeds)
+        self.calls.append((code, tuple(seeds)))
+        fut = Future()
+        fut.set_result([EvalResult("build_error", "FAIL in the code", seed=s) for s in seeds])
+        return fut
+
+
+def test_repeats_of_a_failure_of_the_zoo_and_with_novelty_off(tmp_path):
+    block = "".join(f"\nX_{i} = {100 + i}" for i in range(8)) + "\n"  # enough new shingles to be new
+    edits = [lambda c: c + block + "FAIL = 1\n",
+             lambda c: c + block + "FAIL = 1  # again\n",  # an exact repeat (comments do not count) of a failure
+             lambda c: "# a comment only\n" + c,  # reproduces its zoo baseline
+             lambda c: c + block, lambda c: c + block]
+    for novelty in ("true", "false"):
+        cfg = small_config(tmp_path / novelty, **{"search.candidates": "5", "search.cycles": "1",
+                                                  "novelty.enabled": novelty, "search.replicate_seeds": "1",
+                                                  "search.novelty_threshold": "1.0"})
+        pool = FailingPool()
+        record = open_loop(cfg, EditsSampler(edits), pool).step()
+        c = record.candidates
+        assert [x.status for x in c] == ["build_error", "build_error", "ok", "ok", "ok"], novelty
+        assert [x.twin for x in c] == ["", "c0000_000", "mlp", "", "c0000_003"]
+        assert c[1].message.startswith("repeat of c0000_000 (exact repeat): inherits its build_error")
+        assert c[2].score == record.zoo["mlp"].accuracy and c[4].score == c[3].score
+        assert len(pool.calls) == 1 + 2  # the zoo baseline, then the two new architectures
+
+
+def test_a_delta_that_changes_nothing_is_unchanged_never_trained(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "2", "search.cycles": "1"})
+    pool = FakePool()
+
+    class Identity(ScriptedSampler):
+        def propose(self, baselines, n, rng):
+            line = "        super().__init__()\n"
+            same = f"```diff\n@@ -12,1 +12,1 @@\n-{line}+{line}```"
+            return [Proposal("mlp", "p", same, delta=extract_delta(same), complete=True),
+                    Proposal("mlp", "p", "", delta="", complete=True)]
+
+    record = open_loop(cfg, Identity(), pool).step()
+    assert [c.status for c in record.candidates] == ["unchanged", "unchanged"]
+    assert "leaves its parent mlp as it was" in record.candidates[0].message
+    assert len(pool.calls) == 1  # only the zoo baseline
+
+
+def test_the_issue_responses_are_applied_in_the_loop(tmp_path):
+    from test_delta import RESPONSES
+
+    names = [r[0] for r in RESPONSES]
+    cfg = small_config(tmp_path, **{"search.candidates": "4", "search.cycles": "1", "search.baselines": ",".join(names)})
+
+    class Responses(ScriptedSampler):
+        def propose(self, baselines, n, rng):
+            assert [b.name for b in baselines] == names
+            return [Proposal(name, "p", text, delta=extract_delta(text), complete=True, stop_reason="fence")
+                    for name, text, _, _ in RESPONSES]
+
+    record = open_loop(cfg, Responses(), FakePool()).step()
+    assert [c.status for c in record.candidates] == ["ok", "ok", "ok", "unchanged"]
+    assert {c.apply_tier for c in record.candidates[:3]} == {"recount"}
+    assert [c.stop_reason for c in record.candidates] == ["fence"] * 4
 
 
 class MisnumberedSampler(ScriptedSampler):

@@ -222,7 +222,6 @@ def test_overlapping_hunks_are_an_error():
         ("", "no unified diff"),
         ("I think you should widen the network and add dropout.", "no unified diff"),
         ("\x00\xff\x1b[31m\ud7ff binary \x7f junk \x00\n@\n+", "no unified diff"),
-        ("--- a/net.py\n+++ b/net.py\n@@ -1,2 +1,2 @@\n import torch\n from torch import nn\n", "changes nothing"),
         (BASE[: BASE.index("x = nn.functional.dropout") + 10], "truncated"),
         ("```diff\n" + BASE[: BASE.rindex(" return self.head")], "truncated"),
         (BASE[: BASE.index("@@ -24,6") + 7], "truncated"),
@@ -236,6 +235,56 @@ def test_overlapping_hunks_are_an_error():
 def test_unreadable_deltas_are_parse_errors(text, needle):
     kind, err = outcome(SAMPLE, text)
     assert kind == "parse_error" and needle in err.message
+
+
+def test_a_diff_without_changed_lines_is_verified_and_changes_nothing():
+    context_only = "--- a/net.py\n+++ b/net.py\n@@ -1,2 +1,2 @@\n import torch\n from torch import nn\n"
+    assert apply_delta(SAMPLE, context_only).code == SAMPLE  # the loop calls this `unchanged`
+    assert outcome(SAMPLE, context_only.replace("import torch", "import numpy"))[0] == "apply_error"
+
+
+# Four cycle-0 responses of the default LLM run (issue 12) with their baselines: each a
+# closed ```diff block holding one context line, one '-' and one '+' line, the trailing
+# context line its header counts left out. The last one changes nothing.
+RESPONSES = [
+    ("vgg", "```diff\n@@ -14,3 +14,3 @@\n         self.features = nn.Sequential(\n"
+            "-            nn.Conv2d(in_shape[1], 16, 3, padding=1),\n"
+            "+            nn.Conv2d(in_shape[1], 32, 3, padding=1),\n```",
+     "nn.Conv2d(in_shape[1], 16, 3, padding=1)", "nn.Conv2d(in_shape[1], 32, 3, padding=1)"),
+    ("mlp", "```diff\n@@ -21,3 +21,3 @@\n         self.classifier = nn.Sequential(\n"
+            "-            nn.Dropout(prm['dropout']),\n+            nn.Dropout(0.5),\n```",
+     "nn.Dropout(prm['dropout'])", "nn.Dropout(0.5)"),
+    ("alexnet", "```diff\n@@ -45,3 +45,3 @@\n         self.criteria = (nn.CrossEntropyLoss().to(self.device),)\n"
+                "-        self.optimizer = torch.optim.SGD(self.parameters(), lr=prm['lr'], momentum=prm['momentum'])\n"
+                "+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=prm['lr'])\n```",
+     "torch.optim.SGD(self.parameters(), lr=prm['lr'], momentum=prm['momentum'])",
+     "torch.optim.AdamW(self.parameters(), lr=prm['lr'])"),
+    ("plainnet", "```diff\n@@ -13,3 +13,3 @@\n         self.device = device\n"
+                 "-        self.features = nn.Sequential(\n+        self.features = nn.Sequential(\n```", "", ""),
+]
+
+
+@pytest.mark.parametrize("name, response, old, new", RESPONSES, ids=[r[0] for r in RESPONSES])
+def test_completeness_travels_with_the_extracted_delta(name, response, old, new):
+    base = zoo.source(name)
+    want = base.replace(old, new, 1) if old else base
+    assert apply_delta(base, response).code == want  # the closed fence proves the short hunk whole
+    bare = extract_delta(response)
+    kind, err = outcome(base, bare)  # stripped of its fence, the heuristic misreads it ...
+    assert kind == "parse_error" and "looks truncated" in err.message
+    r = apply_delta(base, bare, complete=True)  # ... so the extraction's verdict travels with it
+    assert (r.code, r.tier) == (want, "recount")
+    # a generation cut by its token limit inside the block is refused, whatever its counts say
+    open_block = response.removesuffix("```")
+    kind, err = outcome(base, open_block, complete=False)
+    assert kind == "parse_error" and "token limit" in err.message
+    assert apply_delta(base, open_block, complete=True).code == want  # stopped on EOS: whole
+    assert extract_delta(response, complete=False) == bare  # the block closed before the limit
+
+
+def test_token_limit_after_the_diff_keeps_the_diff():
+    cut_in_chatter = BASE + "Now the explanation of why this wid"
+    assert apply_delta(SAMPLE, extract_delta(cut_in_chatter, complete=False), complete=True).code == TARGET
 
 
 def test_truncation_at_a_line_boundary_applies_what_is_complete():

@@ -13,7 +13,7 @@ rounding, and the neutral coordinate (``mutations.NEUTRAL``) shows pure genetic 
 
 Elites must carry their choice vector in ``meta["choices"]`` (proposals put it there and
 the loop copies proposal meta into elite meta). A sampled vector that changes nothing on
-its baseline gives an empty delta, which the loop records as ``parse_error`` (never an
+its baseline gives an empty delta, which the loop records as ``unchanged`` (never an
 elite): that is part of the score this CE maximises.
 """
 from __future__ import annotations
@@ -118,16 +118,9 @@ class GrammarSampler:
                 code=rendered.code if self.mode == "full" else None,
                 prompt_tokens=count_tokens(prompt), completion_tokens=count_tokens(response),
                 gen_seconds=time.perf_counter() - start,
-                meta=self._meta(choices, rendered.noops, changed=rendered.code != base.code),
+                meta={"choices": list(choices), "noops": list(rendered.noops)}, complete=True,
             ))
         return proposals
-
-    @staticmethod
-    def _meta(choices: tuple[int, ...], noops: tuple[str, ...], changed: bool) -> dict:
-        meta = {"choices": list(choices), "noops": list(noops)}
-        if not changed:  # an empty delta: the loop records it as a parse_error with this reason
-            meta["parse_error"] = "the sampled choices change nothing on this baseline (keep or not applicable)"
-        return meta
 
     def update(self, elites: list[Elite]) -> UpdateStats:
         """Exact smoothed CE step toward the elites' choice frequencies.

@@ -496,12 +496,15 @@ class LLMSampler:
             results.append(Generated(cut_after_block(text), len(e), cut, reason))
         return results
 
-    def _extract(self, response: str) -> tuple[str | None, str | None, dict]:
+    def _extract(self, response: str, stop: str) -> tuple[str | None, str | None, dict]:
+        """The delta (or file) of a raw response; whether it is whole is decided here,
+        once, from the stop reason (a closed block or EOS proves it, the token limit
+        refutes a last hunk that runs to the end)."""
         from cem_nas.delta import DeltaError, extract_code, extract_delta
 
         try:
             if self.mode == "delta":
-                return extract_delta(response), None, {}
+                return extract_delta(response, complete=stop != STOP_LENGTH if stop else None), None, {}
             return None, extract_code(response), {}
         except DeltaError as err:
             return None, None, {"parse_error": str(err)}
@@ -541,13 +544,13 @@ class LLMSampler:
                 outs = self.generate([prompts[i] for i in batch])
                 seconds = time.perf_counter() - t0
                 for i, out in zip(batch, outs):
-                    delta, code, meta = self._extract(out.text)
+                    delta, code, meta = self._extract(out.text, out.stop_reason)
                     meta |= {"seed": seed, "batch_seconds": seconds, "batch_size": len(batch)}
                     proposals[i] = Proposal(
                         baseline=baselines[assigned[i]].name, prompt=prompts[i], response=out.text,
                         delta=delta, code=code, prompt_tokens=out.prompt_tokens,
                         completion_tokens=out.completion_tokens, gen_seconds=seconds / len(batch),
-                        stop_reason=out.stop_reason, meta=meta,
+                        stop_reason=out.stop_reason, meta=meta, complete=True if delta is not None else None,
                     )
         return proposals  # type: ignore[return-value]
 
