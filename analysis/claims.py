@@ -480,6 +480,50 @@ def best_vs_baseline(runs: xr.Dataset) -> list[dict]:
     return out
 
 
+# --------------------------------------------------------------------------- across seeds
+
+def seed_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, lower, upper): Student-t interval of the mean of finite ``values`` over seeds,
+    mean +- t_{(1+level)/2, n-1} s / sqrt(n); NaN bounds below 2 values.
+
+    >>> m, lo, hi = seed_interval([1.0, 2.0, 3.0])
+    >>> m, round(hi - m, 3)   # t_{0.975, 2} = 4.303, s / sqrt(3) = 0.577
+    (2.0, 2.484)
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def difference_interval(a, b, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), lower, upper): Welch's interval for the difference of two means
+    (unequal variances, Welch-Satterthwaite degrees of freedom); NaN bounds below 2 values each.
+
+    >>> d, lo, hi = difference_interval([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])
+    >>> d, round(lo, 3), round(hi, 3)
+    (2.0, -0.267, 4.267)
+    """
+    x, y = (np.asarray(v, dtype=float) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if len(x) == 0 or len(y) == 0:
+        return math.nan, math.nan, math.nan
+    diff = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return diff, math.nan, math.nan
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    if vx + vy == 0:
+        return diff, diff, diff
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df) * math.sqrt(vx + vy))
+    return diff, diff - half, diff + half
+
+
 # --------------------------------------------------------------------------- delta vs full
 
 def _output_lines(runs: xr.Dataset, mode: str) -> np.ndarray:

@@ -181,3 +181,21 @@ def plot_heatmaps(summary: xr.Dataset, path: Path) -> Path:
                     ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
         fig.colorbar(im, ax=ax, shrink=0.8)
     return _save(fig, path)
+
+
+def plot_sampler_comparison(ds: xr.Dataset, path: Path) -> Path:
+    """Best-so-far and elite threshold against candidates evaluated, one line per sampler:
+    the mean over seeds with its interval band (``experiments.compare_samplers``'s Dataset)."""
+    x = ds["candidates"].values
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, name, title in ((axes[0], "best_so_far", "best so far"), (axes[1], "gamma", "elite threshold gamma_t")):
+        for sampler in ds["sampler"].values:
+            mean, lo, hi = (ds[f"{name}_{k}"].sel(sampler=sampler).values for k in ("mean", "lo", "hi"))
+            line, = ax.plot(x, mean, marker="o", ms=3, label=str(sampler))
+            ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+        if "target" in ds and np.isfinite(ds["target"].values).any():
+            ax.axhline(float(np.nanmean(ds["target"].values)), color="grey", ls=":", lw=1, label="target (mean)")
+        ax.set(xlabel="candidates evaluated", ylabel="proxy accuracy", title=title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"mean over {ds.sizes['seed']} seeds, {100 * ds.attrs.get('level', 0.95):.0f}% t-interval")
+    return _save(fig, path)

@@ -427,6 +427,10 @@ def build_sampler(cfg: RunConfig, task: Any) -> Any:
         from cem_nas.sampler.grammar import GrammarSampler
 
         return GrammarSampler(alpha=cfg.sampler.grammar_alpha, seed=cfg.run.seed, mode=cfg.sampler.mode)
+    if cfg.sampler.kind == "random":
+        from cem_nas.sampler.uniform import RandomSampler
+
+        return RandomSampler(seed=cfg.run.seed, mode=cfg.sampler.mode)
     from cem_nas.sampler.llm import LLMSampler
 
     sampler = LLMSampler(task, model=cfg.sampler.model, mode=cfg.sampler.mode, lora=cfg.sampler.lora,

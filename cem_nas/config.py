@@ -96,7 +96,8 @@ class SearchSettings:
 @dataclass
 class SamplerSettings:
     kind: str = "llm"
-    """Sampling distribution: llm (LoRA-tuned code LLM) or grammar (exact CEM control)."""
+    """Sampling distribution: llm (LoRA-tuned code LLM), grammar (exact CEM control) or random (uniform over the
+    grammar, never updated: random search at an equal budget)."""
     model: str = "smollm2"
     """LLM: 'smollm2' (embedded SmolLM2-135M-Instruct), a hub id or a local path."""
     mode: str = "delta"
@@ -193,7 +194,7 @@ RESUMABLE_CHANGES = (
 CHOICES = {
     "search.baseline_mode": ("fixed", "refine"),
     "search.duplicates": READINGS,
-    "sampler.kind": ("llm", "grammar"),
+    "sampler.kind": ("llm", "grammar", "random"),
     "sampler.mode": ("delta", "full"),
     "sampler.dtype": DTYPES,
     "sampler.engine": ENGINES,

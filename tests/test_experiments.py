@@ -164,3 +164,59 @@ def test_tiny_real_ablation_with_the_grammar_sampler(tmp_path):
 def test_proxy_study_says_when_there_are_too_few_architectures():
     st = proxy_study.proxy_statistics(synthetic_study(6, 0.8, 0.9, fidelity=1.0, seed=2))
     assert "not enough data: 6 architectures" in proxy_study.markdown(st, [{"group": "top"}] * 6)
+
+
+def test_compare_samplers_cells_skip_and_summary(tmp_path, fake_loop, capsys):
+    from experiments import compare_samplers as cs
+
+    argv = ["--seeds", "0", "1", "--cycles", "3", "--candidates", "8", "--out", str(tmp_path), "--target", "0.9"]
+    assert cs.main(argv) == 0
+    assert [name for name, _ in fake_loop] == ["llm_s0", "grammar_s0", "random_s0", "llm_s1", "grammar_s1", "random_s1"]
+    out = capsys.readouterr().out
+    assert "llm - random, best so far of the last cycle" in out and "llm - random, elite mean" in out
+    ds = xr.open_dataset(tmp_path / "compare_samplers.nc").load()
+    assert list(ds.sampler.values) == ["llm", "grammar", "random"] and ds.sizes["seed"] == 2
+    assert (ds.target == 0.9).all() and ds["candidates"].values.tolist() == [40, 80, 120]  # the fake writes 40 a cycle
+    for name in ("llm_s0", "random_s1"):
+        run = load(tmp_path / "cells" / name)
+        hits = np.flatnonzero(np.nan_to_num(run.score.values.ravel(), nan=-1) >= 0.9)
+        sampler, seed = name.split("_s")
+        assert float(ds.candidates_to_reach.sel(sampler=sampler, seed=int(seed))) == hits[0] + 1
+    assert cs.main(argv) == 0 and len(fake_loop) == 6  # resumable: finished runs are skipped
+
+
+@pytest.mark.slow
+def test_compare_samplers_runs_resumes_and_summarises(tmp_path, capsys):
+    from experiments import compare_samplers as cs
+
+    argv = ["--samplers", "grammar", "random", "--seeds", "0", "1", "--out", str(tmp_path), "--config",
+            str(cs.CONFIGS / "grammar.toml"), "--baselines", "mlp", "--max-train", "200", "--max-test", "100",
+            "--cycles", "2", "--candidates", "4", "--replicate-seeds", "1", "--progress", "false"]
+    assert cs.main(argv) == 0
+    out = capsys.readouterr().out
+    ds = xr.open_dataset(tmp_path / "compare_samplers.nc").load()
+    assert dict(ds.sizes) == {"sampler": 2, "seed": 2, "cycle": 2} and ds["candidates"].values.tolist() == [4, 8]
+    assert (ds.best_so_far.diff("cycle") >= 0).all() and (tmp_path / "compare_samplers.png").stat().st_size > 5000
+    run = load(tmp_path / "cells" / "random_s1")
+    assert run.attrs["sampler"] == "random" and (run.alpha.values[1:] == 0).all()
+    target = float(run.zoo_score.max())
+    assert float(ds.target.sel(sampler="random", seed=1)) == target  # default: the run's best zoo baseline
+    flat = run.score.values.ravel()
+    hits = np.flatnonzero(np.nan_to_num(flat, nan=-1) >= target)
+    reach = float(ds.candidates_to_reach.sel(sampler="random", seed=1))
+    assert reach == hits[0] + 1 if len(hits) else math.isnan(reach)
+    assert ds.best_so_far_mean.sel(sampler="grammar", cycle=1) == pytest.approx(
+        float(ds.best_so_far.sel(sampler="grammar", cycle=1).mean()))
+    assert "random" in out and "target" in out
+    assert cs.main(argv) == 0 and capsys.readouterr().out.count(": complete") == 4  # resumable: nothing reruns
+
+
+def test_compare_samplers_difference_intervals():
+    from experiments import compare_samplers as cs
+
+    best = np.array([[[0.5, 0.8], [0.5, 0.82], [0.5, 0.81]], [[0.5, 0.6], [0.5, 0.62], [0.5, 0.58]]])
+    ds = xr.Dataset({"best_so_far": (("sampler", "seed", "cycle"), best),
+                     "elite_mean": (("sampler", "seed", "cycle"), best - 0.1)},
+                    coords={"sampler": ["llm", "random"]}, attrs={"level": 0.95})
+    d, lo, hi = cs.versus(ds, "llm", "random")["best_so_far"]
+    assert d == pytest.approx(0.21) and 0 < lo < d < hi

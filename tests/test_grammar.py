@@ -224,3 +224,21 @@ def test_a_vector_that_changes_nothing_gives_an_empty_whole_delta():
     keep_all[:, 0] = 1.0
     p = GrammarSampler(probs=keep_all).propose(BASELINES[:1], 1, np.random.default_rng(0))[0]
     assert p.delta == "" and p.complete is True  # the loop records it as unchanged
+
+
+def test_random_sampler_draws_uniformly_and_never_moves():
+    from scipy import stats
+
+    from cem_nas.sampler.uniform import RandomSampler
+
+    sampler = RandomSampler(seed=1)
+    assert isinstance(sampler, Sampler) and sampler.alpha == 0.0
+    before = sampler.probs.copy()
+    proposals = sampler.propose(BASELINES, 400, np.random.default_rng(0))
+    stats_ = sampler.update([Elite(p.baseline, "", "", 1.0, 0, p.meta) for p in proposals[:10]])
+    assert (sampler.probs == before).all() and stats_.steps == 0
+    assert stats_.elite_nll_before == stats_.elite_nll_after == pytest.approx(-sum(np.log(1 / k) for k in m.cardinalities()))
+    draws = np.array([p.meta["choices"] for p in proposals])
+    # every coordinate uniform over its choices; Bonferroni over the coordinates at 1e-3
+    p_values = [stats.chisquare(np.bincount(draws[:, j], minlength=k)).pvalue for j, k in enumerate(m.cardinalities())]
+    assert min(p_values) > 1e-3 / len(p_values)
