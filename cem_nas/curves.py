@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
+from tqdm import tqdm
 
 #: What identifies one configuration (one training run).
 CONFIG_KEYS = ("task", "dataset", "metric", "nn", "prm_id")
@@ -45,12 +46,13 @@ class CurvesError(ValueError):
     """Training curves that cannot be read; the message names the file and line and what to do."""
 
 
-def read_curves(path: str | Path, duplicates: str = "error") -> xr.Dataset:
+def read_curves(path: str | Path, duplicates: str = "error", progress: bool = False) -> xr.Dataset:
     """Read a CSV export or a LEMUR folder into a (configuration x epoch) Dataset.
 
     ``duplicates``: ``"error"`` (default) refuses two records of one (configuration,
     epoch) and lists them; ``"drop"`` leaves such configurations out and records how
-    many in ``attrs["dropped_duplicate_configurations"]``.
+    many in ``attrs["dropped_duplicate_configurations"]``. ``progress`` shows a bar over
+    a LEMUR folder's subfolders (a full clone has tens of thousands).
     """
     if duplicates not in ("error", "drop"):
         raise ValueError(f"duplicates must be 'error' or 'drop'; got {duplicates!r}")
@@ -59,7 +61,7 @@ def read_curves(path: str | Path, duplicates: str = "error") -> xr.Dataset:
         raise CurvesError(f"{path}: no such file or folder; give the CSV export (curves.csv.gz) "
                           "or a clone of ABrain-One/nn-dataset")
     if path.is_dir():
-        records, layout = read_lemur_folder(path), "lemur-stat"
+        records, layout = read_lemur_folder(path, progress), "lemur-stat"
     else:
         records, layout = read_curves_csv(path), "csv"
     return curves_dataset(records, duplicates=duplicates, source=str(path), layout=layout)
@@ -173,7 +175,7 @@ def _stat_folder(path: Path) -> Path:
     return path
 
 
-def read_lemur_folder(path: str | Path) -> pd.DataFrame:
+def read_lemur_folder(path: str | Path, progress: bool = False) -> pd.DataFrame:
     """Records of LEMUR's ``ab/nn/stat`` layout (or a clone of nn-dataset), checked.
 
     Each subfolder is ``<task>_<dataset>_<metric>_<nn>`` (the nn name may contain
@@ -183,7 +185,7 @@ def read_lemur_folder(path: str | Path) -> pd.DataFrame:
     root = _stat_folder(Path(path))
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     rows: list[tuple] = []
-    for folder in folders:
+    for folder in tqdm(folders, desc="reading LEMUR folders", unit="folder", disable=not progress, leave=False):
         epoch_files = sorted(folder.glob("*.json"))
         if not epoch_files:
             continue

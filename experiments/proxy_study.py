@@ -257,7 +257,7 @@ def curves_main(args: argparse.Namespace) -> int:
             by=None if args.by == "none" else args.by, top_k=tuple(args.top_k), draws=args.bootstrap, seed=args.seed,
             cluster=None if args.cluster == "none" else args.cluster)
         print(f"reading {args.curves}")
-        curves = read_curves(args.curves, duplicates=args.duplicates)
+        curves = read_curves(args.curves, duplicates=args.duplicates, progress=True)
     except (CurvesError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
