@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from cem_nas import zoo
 from cem_nas.config import ConfigError, RunConfig, to_toml
 from cem_nas.delta import DeltaError, apply_delta, count_lines, make_delta
 from cem_nas.hooks import Candidate, CycleRecord, Hook, Instrumentation, load_user_hook
 from cem_nas.novelty import NoveltyArchive
+from cem_nas.progress import Progress, TokenReporter, cycle_line
 from cem_nas.records import Baseline, Elite, EvalResult, Proposal, UpdateStats
 from cem_nas.repeats import RepeatArchive, inherited
 from cem_nas.store import RunStore, cycle_dataset
@@ -112,6 +112,9 @@ class CEM:
             self.hooks.append(TensorBoardHook(store.root / "tb"))
         self.repeats = RepeatArchive(self.archive if cfg.novelty.enabled else None)
         self.state = LoopState()
+        self.display = Progress(cfg.run.progress)
+        if hasattr(sampler, "progress"):  # the LLM shows its optimiser steps on the same console
+            sampler.progress = self.display
         self.zoo = zoo_baselines(cfg.search.baselines)
         self.born = {}  # baseline name -> cycle it was born in (absent: zoo)
 
@@ -170,11 +173,19 @@ class CEM:
         chunk = self.cfg.sampler.generation.batch_size
         proposals: list[Proposal] = []
         with self.progress(total=n, desc="generate") as bar:
-            while len(proposals) < n:
-                shift = len(proposals) % len(baselines)
-                batch = self.sampler.propose(baselines[shift:] + baselines[:shift], min(chunk, n - len(proposals)), self.rng)
-                proposals.extend(batch)
-                bar.update(len(batch))
+            tokens = TokenReporter(bar)
+            listens = hasattr(self.sampler, "on_decode_step")  # the LLM reports every decoding step
+            if listens:
+                self.sampler.on_decode_step = tokens
+            try:
+                while len(proposals) < n:
+                    shift = len(proposals) % len(baselines)
+                    batch = self.sampler.propose(baselines[shift:] + baselines[:shift], min(chunk, n - len(proposals)), self.rng)
+                    proposals.extend(batch)
+                    tokens.sync(len(proposals), sum(p.completion_tokens for p in proposals))
+            finally:
+                if listens:
+                    self.sampler.on_decode_step = None
         return proposals
 
     def prepare(self, t: int, i: int, p: Proposal, by_name: dict[str, Baseline]) -> Candidate:
@@ -279,10 +290,8 @@ class CEM:
                  for c, answer in zip(elites, answers) if answer]
         if not batch:
             return UpdateStats()
-        with self.progress(total=1, desc="update") as bar:
-            stats = self.sampler.update(batch)
-            bar.update()
-        return stats
+        self.display.prefix = f"cycle {t} "
+        return self.sampler.update(batch)  # an LLM update draws its steps on self.display
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -299,6 +308,7 @@ class CEM:
         for hook in self.hooks:
             if hasattr(hook, "after_values"):  # a user hook need not subclass Hook
                 hook.after_values(record, values)
+        self.display.line(cycle_line(record, values))
         self.remember_best(record)
         ds = cycle_dataset(record, values, variables, self.attrs())
         self.store.save_adapter(t, self.sampler.save)
@@ -311,10 +321,10 @@ class CEM:
         """Run cycles until ``cycles`` (default: the config's) are done."""
         total = self.cfg.search.cycles if cycles is None else cycles
         if getattr(self.sampler, "warm_started", True) is False and self.cfg.sampler.warm_start.enabled:
-            # the LLM's supervised warm start (cached on disk) would otherwise run silently inside propose
-            with self.progress(total=1, desc="warm start (LoRA on the diff corpus)") as bar:
-                self.sampler.warm_start()
-                bar.update()
+            # before cycle 0, not inside its propose: the warm start shows its own steps, and the
+            # cycle's sample time is then generation only (a cached adapter loads in a second)
+            self.display.prefix = ""
+            self.sampler.warm_start()
         try:
             while self.state.cycles_done < total:
                 self.step()
@@ -346,8 +356,8 @@ class CEM:
 
     @contextmanager
     def progress(self, total: int, desc: str) -> Iterator[Any]:
-        with tqdm(total=total, desc=f"cycle {self.state.cycles_done} {desc}", disable=not self.cfg.run.progress,
-                  leave=False) as bar:
+        self.display.prefix = f"cycle {self.state.cycles_done} "
+        with self.display.bar(total, desc) as bar:
             yield bar
 
     def state_dict(self) -> dict:

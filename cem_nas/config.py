@@ -49,7 +49,7 @@ class RunSettings:
     overwrite: bool = False
     """Replace an existing run directory of the same name instead of refusing."""
     progress: bool = True
-    """Show tqdm progress bars for generation, evaluation and update."""
+    """Show transient progress bars (warm start, generation, evaluation, update) and one summary line per cycle."""
 
 
 @dataclass

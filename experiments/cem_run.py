@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
     if found:
         return 2
+    # the run draws its own transient bars; transformers' weight-loading bar would stay on screen
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         run_dir = run_search(cfg, resume_dir)
     except (C.ConfigError, StoreError, DatasetUnavailable, ModelNotAvailable) as e:

@@ -220,6 +220,7 @@ def decode(
     device,
     stop: Callable[[list[int]], bool] | None = None,
     stop_candidates: set[int] | frozenset = frozenset(),
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[list[Completion]]:
     """``counts[j]`` completions of each prompt ``prompts[j]`` (token ids), prefilled once each.
 
@@ -227,6 +228,8 @@ def decode(
     ``stop(tokens)`` is true after a token from ``stop_candidates`` (``fence``), or after
     ``max_new_tokens`` tokens (``length``). Draws use ``generator`` only (seeded: same
     inputs, same outputs). Returns, per prompt, its completions in row order.
+    ``on_step(tokens, finished)`` is called after every step with the tokens that step
+    added and the rows finished so far (a progress bar's feed).
     """
     import torch
 
@@ -265,19 +268,21 @@ def decode(
         live = [o is not None for o in owner]
         with _attention_switched(model):
             _steps(model, state, logits, owner, live, results, positions, seen, rule, generator, max_new_tokens,
-                   end_ids, stop, stop_candidates, device)
+                   end_ids, stop, stop_candidates, device, on_step)
     return results
 
 
 def _steps(model, state, logits, owner, live, results, positions, seen, rule, generator, max_new_tokens, end_ids,
-           stop, stop_candidates, device) -> None:
+           stop, stop_candidates, device, on_step=None) -> None:
     """The decode loop proper: sample, record, drop finished rows, feed the new tokens."""
     import torch
 
     rows = len(owner)
+    finished = 0
     for t in range(max_new_tokens):
         token = next_tokens(logits, rule, generator, seen)
         picked = token.tolist()
+        added = 0
         for r, tok in enumerate(picked):
             if not live[r]:
                 continue
@@ -285,10 +290,15 @@ def _steps(model, state, logits, owner, live, results, positions, seen, rule, ge
             done = results[j][i]
             if tok in end_ids:
                 done.stop_reason, live[r] = STOP_EOS, False
+                finished += 1
                 continue
             done.tokens.append(tok)
+            added += 1
             if tok in stop_candidates and stop is not None and stop(done.tokens):
                 done.stop_reason, live[r] = STOP_FENCE, False
+                finished += 1
+        if on_step is not None:
+            on_step(added, finished)
         if not any(live) or t == max_new_tokens - 1:
             break
         if seen is not None:

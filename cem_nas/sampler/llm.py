@@ -16,12 +16,14 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
+from cem_nas.progress import QUIET, Progress, StepReporter
 from cem_nas.records import Baseline, Elite, Proposal, TaskSpec, UpdateStats
 from cem_nas.sampler import lora as lora_sft
 from cem_nas.sampler.decode import STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, supports_shared_prefix
@@ -131,19 +133,31 @@ class WarmStartSettings:
 
 
 class _FenceStop:
-    """Stopping criterion: a row is done once its completion closes its fenced block."""
+    """Stopping criterion: a row is done once its completion closes its fenced block.
 
-    def __init__(self, tokenizer, prompt_width: int):
-        self.tokenizer, self.start = tokenizer, prompt_width
+    ``on_step(tokens, finished)`` (optional) hears, every step, the tokens that step added
+    and the rows finished so far (fence closed, EOS or pad), as the shared-prefix decoder reports.
+    """
+
+    def __init__(self, tokenizer, prompt_width: int, on_step: Callable[[int, int], None] | None = None):
+        self.tokenizer, self.start, self.on_step = tokenizer, prompt_width, on_step
+        self.ends = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        self.finished: set[int] = set()
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        done = []
-        for row in input_ids[:, self.start :]:
+        done, added = [], 0
+        for r, row in enumerate(input_ids[:, self.start :]):
             # decoding the whole completion every step is wasteful; only a backtick can close
             tail = self.tokenizer.decode(row[-1:])
             done.append("`" in tail and closes_block(self.tokenizer.decode(row, skip_special_tokens=True)))
+            if r not in self.finished:
+                added += int(row[-1]) not in self.ends
+                if done[-1] or int(row[-1]) in self.ends:
+                    self.finished.add(r)
+        if self.on_step is not None:
+            self.on_step(added, len(self.finished))
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -203,7 +217,13 @@ class LLMSampler:
         self.warm = warm_start or WarmStartSettings()
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device, load_in_4bit, dtype)
         self.tokenizer = self.loaded.tokenizer
-        self.model = get_peft_model(self.loaded.model, lora_sft.lora_config(self.lora, self.loaded.model))
+        with warnings.catch_warnings():
+            # peft (0.21.2, the newest) reads the model's deprecated `is_gradient_checkpointing`
+            # property inside get_peft_model; transformers warns from its own module. The
+            # project makes no such call, so only this warning of this one call is silenced.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning,
+                                    module="transformers.modeling_utils")
+            self.model = get_peft_model(self.loaded.model, lora_sft.lora_config(self.lora, self.loaded.model))
         self.model.eval()
         self._corpus = corpus
         self.rng = np.random.default_rng(seed)
@@ -219,6 +239,8 @@ class LLMSampler:
         self._stale = True  # the server does not have the current adapter yet (openai engine)
         self._fallback_logged = False
         self._backticks: frozenset | None = None
+        self.progress: Progress = QUIET  # the loop installs its own: warm start and update show their steps
+        self.on_decode_step: Callable[[int, int], None] | None = None  # (tokens added, rows finished) per step
 
     def describe(self) -> str:
         """Model, device, dtype (and why), decoder: one line for the run's log."""
@@ -278,15 +300,17 @@ class LLMSampler:
         kept = [e for e in encoded if len(e[0]) <= self.lora.max_length]
         return kept, len(encoded) - len(kept)
 
-    def _nll(self, encoded) -> float:
+    def _nll(self, encoded, bar=None) -> float:
+        if bar is not None:  # seconds on CPU: say what the bar is waiting for
+            bar.set_postfix_str(f"NLL of {len(encoded)} pairs", refresh=True)
         return lora_sft.mean_completion_nll(
             self.model, encoded, self.tokenizer.pad_token_id, self.loaded.device, self.lora.batch_size
         )
 
-    def _train(self, draw, steps: int, lr: float) -> list[float]:
+    def _train(self, draw, steps: int, lr: float, bar) -> list[float]:
         return lora_sft.train_steps(
             self.model, draw, steps, lr, self.tokenizer.pad_token_id, self.loaded.device, self.rng,
-            self.lora.grad_clip, self.lora.prompt_grad,
+            self.lora.grad_clip, self.lora.prompt_grad, on_step=StepReporter(bar),
         )
 
     # -- warm start -------------------------------------------------------------------
@@ -340,15 +364,17 @@ class LLMSampler:
         # the probe is the largest baseline's pairs: on CPU a ~800-token prompt forward
         # costs seconds, so 8 pairs under one prompt cost 2 of them, not 8
         probe = max(members, key=len)[:8]
-        before = self._nll(probe)
         weights = np.array([len(m) for m in members], dtype=float) / len(encoded)
 
         def draw(rng: np.random.Generator) -> list:
             group = members[int(rng.choice(len(members), p=weights))]
             return [group[int(i)] for i in rng.integers(len(group), size=self.warm.batch_size)]
 
-        losses = self._train(draw, self.warm.steps, self.warm.lr)
-        stats = _update_stats(losses, before, self._nll(probe), len(encoded), t0)
+        with self.progress.bar(self.warm.steps, "warm start (LoRA on the diff corpus)", unit="step") as bar:
+            before = self._nll(probe, bar)
+            losses = self._train(draw, self.warm.steps, self.warm.lr, bar)
+            after = self._nll(probe, bar)
+        stats = _update_stats(losses, before, after, len(encoded), t0)
         if self.warm.cache:
             tmp = target.with_name(target.name + ".tmp")
             self.save(tmp)
@@ -427,7 +453,7 @@ class LLMSampler:
         generator = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,))))
         done = decode(self.model, list(groups), [len(rows) for rows in groups.values()], rule, self._max_new_tokens(),
                       {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}, generator, device,
-                      stop=self._closes_block, stop_candidates=self._backtick_ids())
+                      stop=self._closes_block, stop_candidates=self._backtick_ids(), on_step=self.on_decode_step)
         results: list[Generated | None] = [None] * len(encoded)
         for prompt, rows, completions in zip(groups, groups.values(), done):
             for row, c in zip(rows, completions):
@@ -483,7 +509,7 @@ class LLMSampler:
                 input_ids=ids.to(self.loaded.device),
                 attention_mask=mask.to(self.loaded.device),
                 generation_config=self._generation_config(),
-                stopping_criteria=StoppingCriteriaList([_FenceStop(self.tokenizer, width)]),
+                stopping_criteria=StoppingCriteriaList([_FenceStop(self.tokenizer, width, self.on_decode_step)]),
             )
         ends = {self.tokenizer.eos_token_id, pad}
         results = []
@@ -581,7 +607,6 @@ class LLMSampler:
             return UpdateStats(examples=0, seconds=time.perf_counter() - t0)
         replayed, _ = self._encode([(r["prompt"], r["completion"]) for r in self.replay])
         corpus, _ = self._encode(self.corpus_examples()) if self.lora.corpus_share > 0 else ([], 0)
-        before = self._nll(current)
         share_r, share_c = self.lora.replay_share, self.lora.corpus_share
 
         def draw(rng: np.random.Generator) -> list:
@@ -592,10 +617,13 @@ class LLMSampler:
             return batch
 
         previous = lora_sft.trainable_state(self.model) if self.lora.smoothing < 1 else None
-        losses = self._train(draw, self.lora.steps, self.lora.lr)
-        if previous is not None:
-            lora_sft.smooth_parameters(self.model, previous, self.lora.smoothing)
-        stats = _update_stats(losses, before, self._nll(current), len(current), t0)
+        with self.progress.bar(self.lora.steps, "update (LoRA on the elites)", unit="step") as bar:
+            before = self._nll(current, bar)
+            losses = self._train(draw, self.lora.steps, self.lora.lr, bar)
+            if previous is not None:
+                lora_sft.smooth_parameters(self.model, previous, self.lora.smoothing)
+            after = self._nll(current, bar)
+        stats = _update_stats(losses, before, after, len(current), t0)
         self._remember(elites)
         self.updates += 1
         self._stale = True

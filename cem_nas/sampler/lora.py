@@ -188,7 +188,7 @@ def _nll_shared_prompt(model, encoded: Sequence, pad_id: int, device) -> tuple[o
         k = len(completions)
         with torch.no_grad():
             if len(prompt) > 1:
-                cache = model(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True).past_key_values
+                cache = model(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True).cache
                 cache.batch_repeat_interleave(k)
             else:
                 cache = None
@@ -202,7 +202,7 @@ def _nll_shared_prompt(model, encoded: Sequence, pad_id: int, device) -> tuple[o
             labels[row, : len(c)] = torch.tensor(c)
             mask[row, len(prompt) - 1 : len(prompt) + len(c)] = 1
         logits = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache, use_cache=cache is not None
+            input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache, use_cache=cache is not None
         ).logits
         nll = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), labels.to(device).reshape(-1), ignore_index=IGNORE, reduction="sum"
@@ -288,8 +288,11 @@ def train_steps(
     rng: np.random.Generator,
     grad_clip: float = 1.0,
     prompt_grad: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Run ``steps`` AdamW steps on the trainable (LoRA) parameters; return each step's loss.
+
+    ``on_step(step, loss)`` is called after every step (1-based), e.g. for a progress bar.
 
     ``draw_batch(rng)`` returns the encoded examples of one step. The loss of a step is the
     token-pooled mean completion NLL of its batch (``prompt_grad``: see
@@ -317,5 +320,7 @@ def train_steps(
             optimizer.step()
             losses.append(float(loss.detach()))
             log.info("LoRA step %d/%d: loss %.4f over %d completion tokens", len(losses), steps, losses[-1], count)
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
         model.eval()
     return losses
