@@ -23,7 +23,7 @@ cost.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -63,12 +63,20 @@ def supports_shared_prefix(model) -> str:
     return ""
 
 
+#: Largest logits examined before falling back to a full sort for the nucleus.
+CANDIDATES = 256
+
+
 def next_tokens(logits, rule: SamplingRule, generator, seen=None):
     """One token per row of ``logits`` (rows x vocab, float32) under ``rule``.
 
     ``seen`` (rows x vocab bool) marks tokens the repetition penalty applies to. Top-p keeps
     the smallest set of tokens whose probability reaches ``top_p`` (at least one), as
-    transformers' TopPLogitsWarper does.
+    transformers' TopPLogitsWarper does. The nucleus is looked for among the
+    :data:`CANDIDATES` largest logits (a full sort of the vocabulary only when some row's
+    nucleus is wider), and a token is drawn by inverse CDF with one uniform per row: a
+    full-vocabulary sort and multinomial cost ~0.5 s per step at 12 rows x 49k tokens on
+    this loaded 2-core machine (torch.profiler), the candidates a few ms.
     """
     import torch
 
@@ -78,15 +86,63 @@ def next_tokens(logits, rule: SamplingRule, generator, seen=None):
     if rule.temperature == 0:
         return logits.argmax(-1)
     logits = logits / rule.temperature
-    if rule.top_k:
-        kth = torch.topk(logits, min(rule.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if rule.top_p < 1.0:
-        ordered, order = torch.sort(logits, dim=-1)
-        drop = ordered.softmax(-1).cumsum(-1) <= 1 - rule.top_p
-        drop[:, -1] = False
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    vocab = logits.shape[-1]
+    k = min(rule.top_k, vocab) if rule.top_k else vocab
+    if rule.top_p >= 1.0 and k == vocab:  # the whole distribution
+        return _inverse_cdf(logits.softmax(-1), None, generator)
+    width = k if k < vocab or rule.top_p >= 1.0 else min(CANDIDATES, vocab)
+    while True:
+        values, index = torch.topk(logits, width, dim=-1)  # descending
+        probs = (values - torch.logsumexp(values if k < vocab else logits, -1, keepdim=True)).exp()
+        if rule.top_p >= 1.0:
+            break
+        keep = probs.cumsum(-1) - probs < rule.top_p  # the mass ranked above a token is below top_p
+        if width == k or bool((probs.sum(-1) >= rule.top_p).all()):
+            probs = probs * keep
+            break
+        width = k  # some row's nucleus reaches past the candidates
+    return _inverse_cdf(probs, index, generator)
+
+
+def _inverse_cdf(probs, index, generator):
+    """A draw per row from (unnormalised) ``probs``; ``index`` maps columns to token ids."""
+    import torch
+
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    col = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
+    return (col if index is None else index.gather(1, col))[:, 0]
+
+
+@contextmanager
+def lora_folded(model) -> Iterator[None]:
+    """Run ``model`` (a peft model) with each LoRA-adapted weight replaced by
+    ``W + scaling * B @ A`` (computed in float32, kept in W's dtype) and the adapters
+    switched off; afterwards the original weight tensors are put back untouched.
+
+    A decode step then costs the base model's matmuls only: with rank-16 adapters on the 7
+    projections the adapter branches are 2 of every 3 matmul calls of a step (420 of 630
+    for SmolLM2, torch.profiler). Costs one copy of the adapted weights while it lasts.
+    """
+    import torch
+
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged and not m.disable_adapters]
+    swapped = []
+    try:
+        with torch.no_grad():
+            for m in layers:
+                base = m.get_base_layer()
+                delta = sum(m.get_delta_weight(name).float() for name in m.active_adapters if name in m.lora_A)
+                swapped.append((m, base, base.weight.data))
+                base.weight.data = (base.weight.data.float() + delta).to(base.weight.dtype)
+                m._disable_adapters = True
+        yield
+    finally:
+        for m, base, original in swapped:
+            m._disable_adapters = False
+            base.weight.data = original
 
 
 class PrefixKV:
@@ -221,6 +277,7 @@ def decode(
     stop: Callable[[list[int]], bool] | None = None,
     stop_candidates: set[int] | frozenset = frozenset(),
     on_step: Callable[[int, int], None] | None = None,
+    fold_lora: bool = False,
 ) -> list[list[Completion]]:
     """``counts[j]`` completions of each prompt ``prompts[j]`` (token ids), prefilled once each.
 
@@ -229,7 +286,8 @@ def decode(
     ``max_new_tokens`` tokens (``length``). Draws use ``generator`` only (seeded: same
     inputs, same outputs). Returns, per prompt, its completions in row order.
     ``on_step(tokens, finished)`` is called after every step with the tokens that step
-    added and the rows finished so far (a progress bar's feed).
+    added and the rows finished so far (a progress bar's feed). ``fold_lora`` decodes with
+    the adapter folded into the weights (:func:`lora_folded`).
     """
     import torch
 
@@ -239,7 +297,7 @@ def decode(
     live_groups = [j for j, c in enumerate(counts) if c > 0]
     if not live_groups or max_new_tokens < 1:
         return [[Completion([], STOP_LENGTH) for _ in range(c)] for c in counts]
-    with torch.no_grad():
+    with torch.no_grad(), (lora_folded(model) if fold_lora else nullcontext()):
         first_logits, prefixes = [], []
         for j in live_groups:
             logits, layers = _prefill(model, list(prompts[j]), device)

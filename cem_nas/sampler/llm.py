@@ -453,7 +453,8 @@ class LLMSampler:
         generator = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,))))
         done = decode(self.model, list(groups), [len(rows) for rows in groups.values()], rule, self._max_new_tokens(),
                       {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}, generator, device,
-                      stop=self._closes_block, stop_candidates=self._backtick_ids(), on_step=self.on_decode_step)
+                      stop=self._closes_block, stop_candidates=self._backtick_ids(), on_step=self.on_decode_step,
+                      fold_lora=device == "cpu")  # on CPU the adapter branches' op overhead dominates a step
         results: list[Generated | None] = [None] * len(encoded)
         for prompt, rows, completions in zip(groups, groups.values(), done):
             for row, c in zip(rows, completions):
