@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -376,11 +377,15 @@ class LLMSampler:
             after = self._nll(probe, bar)
         stats = _update_stats(losses, before, after, len(encoded), t0)
         if self.warm.cache:
-            tmp = target.with_name(target.name + ".tmp")
+            # one temporary directory per process: helpers sharing a cache may warm-start the
+            # same key at once, and the first to finish publishes its adapter
+            tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
             self.save(tmp)
             (tmp / "warm_start.json").write_text(json.dumps(asdict(stats)))
-            if not target.exists():
+            try:
                 tmp.rename(target)
+            except OSError:  # another process published this key first
+                shutil.rmtree(tmp, ignore_errors=True)
         self.warm_stats, self.warm_started = stats, True
         self._stale = True
         return stats
