@@ -67,3 +67,10 @@ def test_model_sources(tmp_path, offline, monkeypatch):
 def test_unreachable_port_is_reported_quickly():
     # a closed local port refuses at once: the probe answers False without waiting
     assert preflight.reachable("127.0.0.1", port=9, timeout=1.0) is False
+
+
+def test_quick_is_a_small_run_under_explicit_overrides():
+    cfg, resume = cem_run.resolve(cem_run.parser().parse_args(["--quick", "--cycles", "3"]))
+    assert resume is None and cfg.run.name == "quick" and cfg.search.cycles == 3  # the explicit option wins
+    assert cfg.search.candidates == 6 and cfg.sampler.warm_start.steps == 6
+    assert cem_run.main(["--quick", "--resume", "runs/x"]) == 2

@@ -373,6 +373,7 @@ class LLMSampler:
 
         with self.progress.bar(self.warm.steps, "warm start (LoRA on the diff corpus)", unit="step") as bar:
             before = self._nll(probe, bar)
+            bar.reset()  # the rate and time left are the steps', not the probe's
             losses = self._train(draw, self.warm.steps, self.warm.lr, bar)
             after = self._nll(probe, bar)
         stats = _update_stats(losses, before, after, len(encoded), t0)
@@ -625,6 +626,7 @@ class LLMSampler:
         previous = lora_sft.trainable_state(self.model) if self.lora.smoothing < 1 else None
         with self.progress.bar(self.lora.steps, "update (LoRA on the elites)", unit="step") as bar:
             before = self._nll(current, bar)
+            bar.reset()
             losses = self._train(draw, self.lora.steps, self.lora.lr, bar)
             if previous is not None:
                 lora_sft.smooth_parameters(self.model, previous, self.lora.smoothing)
