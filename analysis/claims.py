@@ -11,6 +11,7 @@ would take to tell the law from rho_S = rho at all.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -451,8 +452,10 @@ def readings_used(runs: xr.Dataset) -> dict[str, str]:
 def readings_table(runs: xr.Dataset) -> dict[str, np.ndarray]:
     """Per cycle, means over runs of :data:`READING_VARIABLES` (NaN where a store lacks one:
     an old store has no inherit reading)."""
-    return {name: np.nanmean(_series(runs, name), axis=0) if name in runs else np.full(runs.sizes["cycle"], np.nan)
-            for name in READING_VARIABLES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a cycle no run reached: NaN, as documented
+        return {name: np.nanmean(_series(runs, name), axis=0) if name in runs else np.full(runs.sizes["cycle"], np.nan)
+                for name in READING_VARIABLES}
 
 
 def best_vs_baseline(runs: xr.Dataset) -> list[dict]:
