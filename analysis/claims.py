@@ -504,29 +504,6 @@ def seed_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def difference_interval(a, b, level: float = LEVEL) -> tuple[float, float, float]:
-    """(mean(a) - mean(b), lower, upper): Welch's interval for the difference of two means
-    (unequal variances, Welch-Satterthwaite degrees of freedom); NaN bounds below 2 values each.
-
-    >>> d, lo, hi = difference_interval([3.0, 4.0, 5.0], [1.0, 2.0, 3.0])
-    >>> d, round(lo, 3), round(hi, 3)
-    (2.0, -0.267, 4.267)
-    """
-    x, y = (np.asarray(v, dtype=float) for v in (a, b))
-    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-    if len(x) == 0 or len(y) == 0:
-        return math.nan, math.nan, math.nan
-    diff = float(x.mean() - y.mean())
-    if len(x) < 2 or len(y) < 2:
-        return diff, math.nan, math.nan
-    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    if vx + vy == 0:
-        return diff, diff, diff
-    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, df) * math.sqrt(vx + vy))
-    return diff, diff - half, diff + half
-
-
 # --------------------------------------------------------------------------- delta vs full
 
 def _output_lines(runs: xr.Dataset, mode: str) -> np.ndarray:
