@@ -9,7 +9,9 @@ Three ways to run the same proxy evaluation (cem_nas.evaluate.child_evaluate on 
   (no guards at all, so this favours it).
 
 overhead = median(wall) - median(in-process wall). Aims: sandbox overhead <= 5% of a
-typical training time, and >= 10x less than a fresh interpreter's.
+typical training time, and >= 10x less than a fresh interpreter's. The return path (the
+child encodes its predictions, the worker checks them, the pool scores them) is also
+timed on its own.
 
     python -m benchmarks.bench_sandbox [--repeats 5] [--baselines mlp shufflenet] [--candidates 8]
 """
@@ -28,7 +30,9 @@ import torch
 
 from cem_nas import zoo
 from cem_nas.data import load_dataset
-from cem_nas.evaluate import EvalSettings, EvaluationCache, EvaluationPool, child_evaluate, worker_init
+from cem_nas.evaluate import (EvalSettings, EvaluationCache, EvaluationPool, child_evaluate, outcome_result, score,
+                              worker_init)
+from cem_nas.sandbox import ChildOutcome
 
 NULL_CANDIDATE = "import torch\n"  # no Net: ends at build_error right after exec
 
@@ -59,7 +63,7 @@ def main() -> None:
     data = load_dataset("mnist5k")
     settings = EvalSettings()
     settings_json = json.dumps(vars(settings))
-    arrays = {k: getattr(data, k).numpy() for k in ("x_train", "y_train", "x_test", "y_test")}
+    arrays = {k: getattr(data, k).numpy() for k in ("x_train", "y_train", "x_test")}  # no test labels
     state = worker_init(arrays, data.num_classes, "cpu")
     print(f"mnist5k train={len(data.y_train)} test={len(data.y_test)}; {args.repeats} repeats; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -96,6 +100,19 @@ def main() -> None:
                 null_ovh = ovh
             else:
                 print(f"{'':<12}fixed sandbox cost (null candidate) / this run: {null_ovh / inproc:.1%}")
+
+    messages: list[dict] = []
+    child_evaluate(state, zoo.source("mlp"), 0, vars(settings), messages.append)
+    labels, n = data.y_test.numpy(), len(data.y_test)
+
+    def return_path() -> None:
+        outcome = ChildOutcome([json.loads(json.dumps(m)) for m in messages], exit_code=0, wall_s=60.0)
+        fields, raw = outcome_result(outcome, 0, settings.limits(), n)
+        score(vars(fields), raw, labels, data.num_classes)
+
+    path_s = statistics.median(timed(return_path) for _ in range(200))
+    print(f"return path per candidate (JSON round trip of the child's messages, checks, scoring; "
+          f"{n} predictions): {path_s * 1e3:.2f} ms")
 
     base = zoo.source("mlp")
     variants = [base.replace("nn.Linear(128, 64)", f"nn.Linear(128, {64 + i})").replace(

@@ -23,9 +23,14 @@ given up by Dask (``KilledWorker``) and recorded here as ``worker_lost`` with a 
 (never cached). A scheduler that goes away fails every pending and later ``submit`` with
 :class:`SchedulerLost`, which the loop catches to stop after its last complete cycle.
 
-Dask workers must not be daemonic processes (a daemonic process may not start the
-sandbox processes): with ``dask worker`` set ``DASK_DISTRIBUTED__WORKER__DAEMON=False``;
-the local cluster this module starts sets it itself.
+Integrity. The Dask worker process is the trusted side of its sandbox pool: it holds the
+test labels, never runs candidate code, and scores the predictions its sandbox children
+return (:func:`cem_nas.evaluate.score`); the children hold no labels and cannot read the
+dataset files (see the threat model in :mod:`cem_nas.sandbox`). A worker whose pool cannot
+start (data missing, sandbox workers dying at start-up) fails the plugin's setup, and the
+pool's constructor raises with that worker's reason instead of waiting for it.
+
+Sandbox workers are plain subprocesses, so Dask workers may be daemonic (the default).
 """
 from __future__ import annotations
 
@@ -36,7 +41,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import threading
 import time
@@ -49,10 +53,6 @@ from distributed import WorkerPlugin
 from cem_nas.evaluate import (EvalSettings, EvaluationCache, EvaluationPool, _dataset_id, cache_key, complete,
                               static_result)
 from cem_nas.records import EvalResult
-
-#: Environment setting a ``dask worker`` command needs so its workers may start processes.
-DAEMON_ENV = "DASK_DISTRIBUTED__WORKER__DAEMON=False"
-
 
 class SchedulerLost(RuntimeError):
     """The Dask scheduler went away (or was never reached): no result can come back.
@@ -120,6 +120,7 @@ class EvaluationPlugin(WorkerPlugin):
         self.pool: EvaluationPool | None = None
         self.dataset_id = self.fingerprint = ""
         self.evaluated = 0  # tasks completed on this worker (tests check nothing ran twice)
+        self.error = ""  # why setup failed, for the client's message
 
     def __getstate__(self) -> dict:
         return {"spec": self.spec, "settings": self.settings, "protect": self.protect}
@@ -128,12 +129,13 @@ class EvaluationPlugin(WorkerPlugin):
         self.__init__(**state)
 
     async def setup(self, worker) -> None:
-        if multiprocessing.current_process().daemon:
-            raise RuntimeError("this Dask worker is a daemonic process and cannot start sandbox processes; "
-                               f"start the workers with {DAEMON_ENV} in their environment")
         # Loading data and starting interpreters takes seconds: keep the event loop (and
         # the worker's heartbeats) running meanwhile.
-        await asyncio.get_running_loop().run_in_executor(None, self._start, worker.state.nthreads)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._start, worker.state.nthreads)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"[-3000:]
+            raise
 
     def _start(self, slots: int) -> None:
         # The nanny sets MALLOC_TRIM_THRESHOLD_ for its worker; inherited by the sandbox
@@ -155,8 +157,8 @@ def _plugin(plugin_name: str, worker=None) -> EvaluationPlugin:
         worker = get_worker()
     plugin = worker.plugins.get(plugin_name)
     if plugin is None or plugin.pool is None:
-        raise RuntimeError(f"worker {worker.address} has no evaluation pool {plugin_name!r} "
-                           "(its plugin setup failed; see the worker's log)")
+        why = plugin.error if plugin is not None and plugin.error else "its plugin setup failed; see the worker's log"
+        raise RuntimeError(f"worker {worker.address} has no evaluation pool {plugin_name!r}: {why}")
     return plugin
 
 
@@ -231,8 +233,6 @@ class DaskEvaluationPool:
         self._registered = False
         try:
             if scheduler is None:
-                # Read by the nannies each time they (re)start a worker process: global.
-                dask.config.set({"distributed.worker.daemon": False})
                 with dask.config.set({"distributed.scheduler.allowed-failures": max_retries}):
                     self._cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                                                  processes=True, dashboard_address=None)

@@ -73,9 +73,10 @@ Not defended (by design or out of reach):
   nearest-neighbour lookup into the training set). That is generalisation, scored
   fairly, not forgery; exact copies of training images in the test split would reward
   memorisation, so the pool counts them and warns (0 of 1,000 in mnist5k).
-- Kernels without Landlock (the pool warns once): Python-level reads of protected paths
-  are still refused, but native readers (``torch.from_file``, ``torch.jit.load``) are
-  not, and neither are native writes beyond RLIMIT_FSIZE's zero bytes.
+- Kernels without Landlock (the pool warns): Python-level reads of protected paths are
+  still refused, but native readers (``torch.from_file``, ``torch.jit.load``) are not,
+  nor is the scoring process's memory (``/proc/<pid>/mem``, unless Yama's
+  ``ptrace_scope`` >= 1), nor native writes beyond RLIMIT_FSIZE's zero bytes.
 - Aliases the walk cannot see: a hard link or a bind mount of a protected file or
   directory's *inside* placed elsewhere stays readable. The Python-level guards (audit
   hook, import guard, the refusal record) can be disabled by a candidate that patches
@@ -425,13 +426,18 @@ def landlock_ruleset(protect: Sequence[str]) -> int:
     ruleset = libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
     if ruleset < 0:
         return -1
-    for path in readable_roots(protect):
+    # A child that trains on a GPU opens the driver's device files read-write and ioctls
+    # them (CUDA is initialised in the child: it does not survive a fork).
+    gpu = _LANDLOCK_READ_FILE | (1 << 1) | (_LANDLOCK_FS_BY_ABI[5] if abi >= 5 else 0)
+    rules = [(path, _LANDLOCK_READ_FILE) for path in readable_roots(protect)]
+    rules += [(os.path.join("/dev", name), gpu) for name in sorted(os.listdir("/dev")) if name.startswith("nvidia")]
+    for path, access in rules:
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
             continue
         try:
-            rule = _PathBeneath(_LANDLOCK_READ_FILE, fd)
+            rule = _PathBeneath(access, fd)
             libc.syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, 1, ctypes.byref(rule), 0)  # 1: PATH_BENEATH
         finally:
             os.close(fd)

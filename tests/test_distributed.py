@@ -168,6 +168,8 @@ def test_hostile_candidates_are_contained_on_the_worker(local_pool, dask_pool):
         "kill the process group": with_init("torch.os.killpg(0, 9)"),
         "huge tensor": with_init("self.big = torch.empty(2**40)"),
         "exit": with_init("torch.os._exit(3)"),
+        "read the cached labels": with_init(f"torch.load({SPEC.load().info['cache_file']!r})"),
+        "native read of the labels": with_init(f"torch.from_file({SPEC.load().info['cache_file']!r}, size=8)"),
     }
     remote = {name: dask_pool.submit(code) for name, code in hostile.items()}
     for name, code in hostile.items():
@@ -177,6 +179,22 @@ def test_hostile_candidates_are_contained_on_the_worker(local_pool, dask_pool):
         assert got[0].status in ("policy_violation", "memory_error", "build_error"), (name, got[0])
     assert dask_pool.worker_pids() == pids  # no Dask worker died or was restarted
     assert dask_pool.evaluate(with_init("self.k = 1"))[0].status in ("ok", "low_accuracy")
+
+
+@pytest.mark.slow
+def test_forged_score_is_the_honest_one_on_the_worker(local_pool, dask_pool):
+    """Scores are computed by the Dask worker process from predictions, as locally."""
+    forged = with_init("torch.Tensor.sum = lambda self, *a, **k: torch.tensor(4000.0)")
+    got, honest = dask_pool.evaluate(forged)[0], local_pool.evaluate(BASE)[0]
+    assert (got.status, got.accuracy) == (honest.status, honest.accuracy) and 0 < got.accuracy < 1
+
+
+@pytest.mark.slow
+def test_a_pool_that_cannot_start_on_the_workers_says_why_within_seconds():
+    start = time.monotonic()
+    with pytest.raises(Exception, match="exceeds") as info:
+        DaskEvaluationPool(DatasetSpec("mnist5k", max_train=10**6), SETTINGS, workers=1, start_timeout=120)
+    assert time.monotonic() - start < 60, str(info.value)
 
 
 @pytest.mark.slow
