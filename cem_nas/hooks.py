@@ -326,7 +326,8 @@ class Instrumentation(Hook):
             "score_best": float(np.nanmax(scores)) if np.isfinite(scores).any() else NAN,
             "in_E": in_e,
         }
-        out.update(chance_share(status, self.level))
+        # trained here: a repeat's inherited status would count its twin twice
+        out.update(chance_share(status[[c.is_new for c in record.candidates]], self.level))
         out.update(self._smoothing(p, record.alpha))
         for reading in ("inherit", "reject"):
             read = np.array([c.reading(reading)[1] for c in record.candidates], dtype=float)

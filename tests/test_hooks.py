@@ -22,7 +22,7 @@ def make_record(cycle, scores, reps=None, statuses=None, elite_fraction=0.25, al
         if status in ("duplicate", "parse_error"):
             results = []
         cands.append(Candidate(cand=i, baseline="mlp", parent_cycle=-1, status=status, results=results,
-                               completion_tokens=10 + i, delta="x", delta_lines=5 + i))
+                               completion_tokens=10 + i, delta="x", delta_lines=5 + i, is_new=bool(results)))
     valid = sorted((c for c in cands if c.status == "ok"), key=lambda c: (-c.score, c.cand))
     elites = valid[:max(1, math.ceil(elite_fraction * len(valid)))] if valid else []
     for c in elites:
@@ -144,3 +144,22 @@ def test_user_hook_by_import_path():
     with pytest.raises(ValueError, match="cannot load 'nowhere.mod:X'"):
         load_user_hook("nowhere.mod:X")
     assert len(STATUSES) == len(set(STATUSES))
+
+
+def test_repeats_in_both_readings_and_not_in_the_share_at_chance():
+    rec = make_record(0, [0.5, 0.9, 0.11, math.nan], statuses={2: "low_accuracy"}, elite_fraction=0.5)
+    twin = rec.candidates[1]
+    ok_repeat = Candidate(cand=4, baseline="mlp", parent_cycle=-1, status="ok", twin="c0000_001",
+                          results=[twin.results[0]], inherited=twin.results[0])
+    rejected = Candidate(cand=5, baseline="mlp", parent_cycle=-1, status="duplicate", twin="c0000_001",
+                         inherited=twin.results[0])
+    low = rec.candidates[2].results[0]
+    chance_repeat = Candidate(cand=6, baseline="mlp", parent_cycle=-1, status="low_accuracy", twin="c0000_002",
+                              results=[low], inherited=low)
+    rec.candidates += [ok_repeat, rejected, chance_repeat]
+    v = Instrumentation(gamma_ref=0.9).after_cycle(rec)
+    # E = {score >= 0.9}: the twin, the inherited repeat, and in the inherit reading the rejected one too
+    assert (v["p_E"], v["p_E_inherit"], v["p_E_reject"]) == (2 / 7, 3 / 7, 1 / 7)
+    assert (v["repeat_rate"], v["new_share"], v["novel_valid_yield"]) == (3 / 7, 4 / 7, 2 / 7)  # a build_error is new
+    assert v["chance_share"] == 1 / 3  # the repeat at chance was not trained again
+    assert ok_repeat.score_source == "archive" and twin.score_source == "proxy" and rejected.score_source == ""
