@@ -89,20 +89,23 @@ def step_seconds(sampler: LLMSampler, prompt: str, rows: int, steps: int = 32) -
     """Seconds per decode step at ``rows`` rows of one prompt (``steps`` forced steps, the
     prefill's time subtracted), on the sampler's decoder."""
     ids = lora_sft.encode_prompt(sampler.tokenizer, prompt)
-    rule = SamplingRule(temperature=1.0, top_p=0.9)
+    g = sampler.generation
+    rule = SamplingRule(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
 
     def timed(n_steps: int) -> float:
         t0 = time.perf_counter()
         if sampler.decoder() == "hf":
             from transformers import GenerationConfig
 
-            cfg = GenerationConfig(do_sample=True, top_p=0.9, top_k=0, max_new_tokens=n_steps, min_new_tokens=n_steps,
+            cfg = GenerationConfig(do_sample=True, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                                   max_new_tokens=n_steps, min_new_tokens=n_steps,
                                    pad_token_id=sampler.tokenizer.pad_token_id, eos_token_id=None)
             with torch.no_grad():
                 sampler.model.generate(input_ids=torch.tensor([ids] * rows), attention_mask=torch.ones(rows, len(ids),
                                        dtype=torch.long), generation_config=cfg)
         else:
-            decode(sampler.model, [ids], [rows], rule, n_steps, set(), torch.Generator().manual_seed(0), "cpu")
+            decode(sampler.model, [ids], [rows], rule, n_steps, set(), torch.Generator().manual_seed(0), "cpu",
+                   fold_lora=True)
         return time.perf_counter() - t0
 
     return (timed(steps + 1) - timed(1)) / steps
@@ -153,12 +156,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: 2 if the load average is below 3, else 1)")
     parser.add_argument("--config", default=str(DEFAULT_TOML), help="config whose sampler settings are 'default'")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of one new-path cycle")
+    parser.add_argument("--warm-steps", type=int, default=-1,
+                        help="warm-start steps (-1: the config's); fewer give a cheaper, less tuned shared adapter")
+    parser.add_argument("--step-rows", type=int, nargs="*", default=[1, 12, 50],
+                        help="rows of the decode-step timing (none: skip it; the old path prefills every row)")
+    parser.add_argument("--steps", type=int, default=32, help="forced steps of the decode-step timing")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     threads = args.threads or (2 if os.getloadavg()[0] < 3 else 1)
     torch.set_num_threads(threads)
     print(f"torch threads: {threads}; load average before: {os.getloadavg()}", flush=True)
     cfg = load_toml(args.config).sampler
+    if args.warm_steps >= 0:
+        cfg.warm_start.steps = args.warm_steps
     rates = {"float32": matmul_rate(torch.float32), "bfloat16": matmul_rate(torch.bfloat16)}
     print(f"matmul 1024x576 @ 576x1536: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.0f} GFLOP/s")
 
@@ -169,19 +179,22 @@ def main() -> None:
     old = LLMSampler(TASK, load_model(cfg.model, "cpu", dtype="float32"), lora=cfg.lora, generation=old_gen,
                      warm_start=dataclasses.replace(cfg.warm_start, enabled=False), seed=args.seed)
     print(f"new: {new.describe()}\nold: {old.describe()}", flush=True)
+    warm_dir = new.warm_start_dir()  # before the warm start: building the corpus changes the key
     t0 = time.perf_counter()
     warm = new.warm_start()
     print(f"warm start (new dtype policy): {time.perf_counter() - t0:.0f} s, corpus NLL "
           f"{warm.elite_nll_before:.3f} -> {warm.elite_nll_after:.3f}", flush=True)
-    old.load(new.warm_start_dir())
+    old.load(warm_dir)
     old.warm_started = True
 
     baselines = [Baseline(name, zoo.source(name)) for name in zoo.names()]
     prompt = new.prompt_for(baselines[0].code)
-    print(f"\ndecode step seconds (one {len(lora_sft.encode_prompt(new.tokenizer, prompt))}-token prompt, 32 steps):")
-    for rows in (1, 12, 50):
-        print(f"  {rows:>3} rows: old {step_seconds(old, prompt, rows):.3f}   new {step_seconds(new, prompt, rows):.3f}",
-              flush=True)
+    if args.step_rows:
+        print(f"\ndecode step seconds (one {len(lora_sft.encode_prompt(new.tokenizer, prompt))}-token prompt, "
+              f"{args.steps} steps):")
+    for rows in args.step_rows:
+        print(f"  {rows:>3} rows: old {step_seconds(old, prompt, rows, args.steps):.3f}   "
+              f"new {step_seconds(new, prompt, rows, args.steps):.3f}", flush=True)
 
     results = {}
     for label, sampler, n, shared, rate in (("old", old, args.old_samples, False, rates["bfloat16"]),
