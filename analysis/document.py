@@ -67,9 +67,24 @@ def chain_text(steps: list[Step]) -> str:
                        for s in steps)
 
 
+def history_groups(arch: Architecture) -> list[tuple[int, str, bool, int, str]]:
+    """The proposals of an architecture as (cycle, status, elite, count, first message), in order:
+    an architecture the search keeps proposing is listed once per cycle and outcome."""
+    groups: dict[tuple[int, str, bool], list] = {}
+    for row in arch.history:
+        groups.setdefault((row.cycle, row.status, row.is_elite), []).append(row.message)
+    return [(c, s, e, len(m), m[0]) for (c, s, e), m in groups.items()]
+
+
 def history_text(arch: Architecture) -> str:
-    """Cycle and status of every candidate that proposed the architecture, e.g. 'c1 ok*, c2 duplicate'."""
-    return ", ".join(f"c{row.cycle} {row.status}{'*' if row.is_elite else ''}" for row in arch.history)
+    """Cycle and status of every proposal of the architecture, e.g. 'c1 ok*, c2 ok* x3, c2 duplicate'.
+
+    >>> from analysis.lineage import Row
+    >>> rows = [Row("c0001_000", 1, "ok", 0.5, "mlp", "x", "", 1, 1, True, "", "")] * 3
+    >>> history_text(Architecture("r", "c0001_000", 0.5, 1, 1, "mlp", "", "x", rows))
+    'c1 ok* x3'
+    """
+    return ", ".join(f"c{c} {s}{'*' if e else ''}{f' x{n}' if n > 1 else ''}" for c, s, e, n, _ in history_groups(arch))
 
 
 def architecture_table(items: list[Architecture]) -> Table:

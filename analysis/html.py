@@ -15,7 +15,7 @@ from pathlib import Path
 
 from analysis import claims as cl
 from analysis.document import (
-    Architectures, Block, ClaimBlock, Document, Figure, Section, Text, architecture_table, history_text,
+    Architectures, Block, ClaimBlock, Document, Figure, Section, Text, architecture_table, history_groups, history_text,
 )
 from analysis.lineage import Architecture, Step
 from analysis.tables import Table, fmt
@@ -124,12 +124,12 @@ def chain_html(steps: list[Step]) -> str:
 
 def chips_html(arch: Architecture) -> str:
     chips = []
-    for row in arch.history:
-        cls = "chip ok" if row.status == "ok" else "chip" if row.status == "duplicate" else "chip fail"
-        cls += " elite" if row.is_elite else ""
-        title = f' title="{escape(row.message)}"' if row.message else ""
-        chips.append(f'<span class="{cls}"{title}>cycle {row.cycle}: {escape(row.status)}'
-                     f'{" (elite)" if row.is_elite else ""}</span>')
+    for cycle, status, elite, count, message in history_groups(arch):
+        cls = "chip ok" if status == "ok" else "chip" if status == "duplicate" else "chip fail"
+        cls += " elite" if elite else ""
+        title = f' title="{escape(message)}"' if message else ""
+        chips.append(f'<span class="{cls}"{title}>cycle {cycle}: {escape(status)}{" (elite)" if elite else ""}'
+                     f'{f" x{count}" if count > 1 else ""}</span>')
     return '<div class="chips">' + "".join(chips) + "</div>"
 
 
