@@ -308,7 +308,7 @@ print("STATUS", r.status)
 """
 
 
-@pytest.mark.parametrize("how", ["file", "stdin"])
+@pytest.mark.parametrize("how", ["file", pytest.param("stdin", marks=pytest.mark.slow)])
 def test_evaluate_from_a_script_without_main_guard(tmp_path, how):
     """Workers never re-import the caller's __main__ (the old multiprocessing spawn did,
     and the script hung): a guardless script or ``python -`` gets its result."""
