@@ -12,10 +12,11 @@ candidate), so the costs are what a run sees.
 Per budget: training seconds per candidate run as the sandbox measured them; the proxy's
 ICC(1) and SNR over seeds with F-based CIs; Spearman and Kendall between the proxy (seed
 0, as a search scores) and the reference mean over seeds, with Fisher-z CIs; the share of
-trained runs at chance (accuracy <= 1.2 x chance, LEMUR's bar) with a Wilson interval; the
-median zoo accuracy. The recommended budget is the cheapest (median training seconds)
-whose Spearman is within ``--margin`` of the best and whose share at chance is at most
-``--max-chance``.
+trained runs at chance (accuracy <= 1.2 x chance, LEMUR's bar) with a Wilson interval, over
+all architectures and over the *learnable* ones (above that bar at the reference: some
+mutations never learn, and no budget should be blamed for them); the median zoo accuracy.
+The recommended budget is the cheapest (median training seconds) whose Spearman is within
+``--margin`` of the best and whose learnable share at chance is at most ``--max-chance``.
 
 Resumable: every finished run is in ``OUT/cache.json`` (the pool's evaluation cache, keyed
 by code, settings, seed and dataset), so a killed study continues where it stopped and a
@@ -232,20 +233,23 @@ def budget_statistics(acc: np.ndarray, status: np.ndarray, train_s: np.ndarray, 
     n_budgets = acc.shape[0]
     names = ("icc", "icc_lo", "icc_hi", "snr", "snr_lo", "snr_hi", "spearman", "spearman_lo", "spearman_hi",
              "kendall", "kendall_lo", "kendall_hi", "n_ranked", "chance_share", "chance_lo", "chance_hi",
-             "n_trained", "train_s_median", "train_s_p90", "zoo_median", "accuracy_median")
+             "n_trained", "chance_learnable", "chance_learnable_lo", "chance_learnable_hi", "train_s_median", "train_s_p90", "zoo_median", "accuracy_median")
     out = {k: np.full(n_budgets, np.nan) for k in names}
     with np.errstate(all="ignore"):
         ref_mean = np.nanmean(acc[reference], axis=1)
     chance = CHANCE_FACTOR / num_classes
+    learnable = ref_mean > chance  # NaN (never trained at the reference) compares False
     for b in range(n_budgets):
         a = acc[b]
         trained = np.isin(status[b], SCORED)
-        n_trained = int(trained.sum())
-        k_chance = int((trained & ~(a > chance)).sum())
-        out["n_trained"][b] = n_trained
-        if n_trained:
-            out["chance_share"][b] = k_chance / n_trained
-            out["chance_lo"][b], out["chance_hi"][b] = wilson_interval(k_chance, n_trained, level)
+        at_chance = trained & ~(a > chance)
+        for name, rows in (("chance", slice(None)), ("chance_learnable", learnable)):
+            n_t, k = int(trained[rows].sum()), int(at_chance[rows].sum())
+            if n_t:
+                key = "chance_share" if name == "chance" else name
+                out[key][b] = k / n_t
+                out[f"{name}_lo"][b], out[f"{name}_hi"][b] = wilson_interval(k, n_t, level)
+        out["n_trained"][b] = int(trained.sum())
         t = train_s[b][np.isfinite(train_s[b])]
         if len(t):
             out["train_s_median"][b], out["train_s_p90"][b] = np.median(t), np.percentile(t, 90)
@@ -276,9 +280,10 @@ def budget_statistics(acc: np.ndarray, status: np.ndarray, train_s: np.ndarray, 
 
 def recommend(st: dict[str, np.ndarray], reference: int, margin: float, max_chance: float) -> int:
     """Index of the cheapest budget (median training seconds) with Spearman >= best - margin
-    and share at chance <= max_chance; -1 when none qualifies.
+    and at most max_chance of the runs of learnable architectures at chance; -1 when none
+    qualifies.
 
-    >>> st = {"spearman": np.array([np.nan, 0.90, 0.86, 0.70]), "chance_share": np.array([0, 0, 0.01, 0]),
+    >>> st = {"spearman": np.array([np.nan, 0.90, 0.86, 0.70]), "chance_learnable": np.array([0, 0, 0.01, 0]),
     ...       "train_s_median": np.array([9.0, 2.0, 1.0, 0.5])}
     >>> recommend(st, 0, 0.05, 0.05), recommend(st, 0, 0.01, 0.05)
     (2, 1)
@@ -288,7 +293,7 @@ def recommend(st: dict[str, np.ndarray], reference: int, margin: float, max_chan
         return -1
     best = np.nanmax(rho)
     ok = [b for b in range(len(rho)) if b != reference and rho[b] >= best - margin
-          and st["chance_share"][b] <= max_chance and np.isfinite(st["train_s_median"][b])]
+          and st["chance_learnable"][b] <= max_chance and np.isfinite(st["train_s_median"][b])]
     return min(ok, key=lambda b: st["train_s_median"][b]) if ok else -1
 
 
@@ -325,8 +330,8 @@ def study_dataset(archs: list[dict], budgets: list[Budget], reference: int, runs
 def summary_table(ds: xr.Dataset) -> str:
     f = lambda v, d=3: "n/a" if not np.isfinite(v) else f"{v:.{d}f}"  # noqa: E731
     head = ("| budget | train s/cand (median, p90) | zoo median | ICC [CI] | Spearman [CI] | Kendall [CI] "
-            "| at chance [CI] | trained |")
-    rows = [head, "|" + " --- |" * 8]
+            "| at chance: all [CI] | learnable [CI] | trained |")
+    rows = [head, "|" + " --- |" * 9]
     chosen = ds.attrs.get("recommended", "")
     for label in ds["budget"].values:
         b = ds.sel(budget=label)
@@ -337,7 +342,9 @@ def summary_table(ds: xr.Dataset) -> str:
             f"| {f(v['icc'])} [{f(v['icc_lo'])}, {f(v['icc_hi'])}] "
             f"| {f(v['spearman'])} [{f(v['spearman_lo'])}, {f(v['spearman_hi'])}] "
             f"| {f(v['kendall'])} [{f(v['kendall_lo'])}, {f(v['kendall_hi'])}] "
-            f"| {f(v['chance_share'])} [{f(v['chance_lo'])}, {f(v['chance_hi'])}] | {int(v['n_trained'])} |")
+            f"| {f(v['chance_share'])} [{f(v['chance_lo'])}, {f(v['chance_hi'])}] "
+            f"| {f(v['chance_learnable'])} [{f(v['chance_learnable_lo'])}, {f(v['chance_learnable_hi'])}] "
+            f"| {int(v['n_trained'])} |")
     return "\n".join(rows)
 
 
@@ -394,7 +401,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=0.05,
                    help="recommend the cheapest budget with Spearman >= best - margin (default 0.05)")
     p.add_argument("--max-chance", type=float, default=0.05,
-                   help="... and at most this share of trained runs at chance (default 0.05)")
+                   help="... and at most this share of the learnable architectures' runs at chance (default 0.05)")
     p.add_argument("--out", type=Path, default=Path("runs/proxy_fidelity"), help="output directory")
     p.add_argument("--overwrite", action="store_true", help="discard a previous study in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -444,8 +451,9 @@ def main(argv=None) -> int:
     table = summary_table(ds)
     png = plot_cost_fidelity(ds, args.out / "cost_fidelity.png")
     verdict = (f"recommended: {all_budgets[chosen].label} (cheapest with Spearman within {args.margin:g} of the "
-               f"best and <= {args.max_chance:.0%} at chance)" if chosen >= 0 else
-               f"no budget has Spearman within {args.margin:g} of the best and <= {args.max_chance:.0%} at chance")
+               f"best and <= {args.max_chance:.0%} of the learnable architectures' runs at chance)" if chosen >= 0 else
+               f"no budget has Spearman within {args.margin:g} of the best and <= {args.max_chance:.0%} of the "
+               "learnable architectures' runs at chance")
     loads = ", ".join(f"{lb:.1f}->{la:.1f}" for lb, la in zip(runs["load_before"], runs["load_after"]))
     text = (f"# Proxy fidelity\n\n{len(archs)} architectures, {args.seeds} seeds, reference {ref.label}; "
             f"{wall:.0f} s wall this call ({runs['fresh']} runs trained, the rest from the cache); "

@@ -80,8 +80,10 @@ def test_statistics_count_chance_and_leave_out_failed_runs():
     acc[1, 9] = np.nan
     zoo_mask = np.zeros(10, bool)
     zoo_mask[:4] = True
+    acc[0, 0] = 0.1  # ... and the first never learns at the reference either
     st = pf.budget_statistics(acc, status, np.ones(acc.shape), 0, zoo_mask)
     assert st["n_trained"][1] == 18 and st["chance_share"][1] == 6 / 18
+    assert st["chance_learnable"][1] == 4 / 16  # architecture 0 is not learnable: not counted
     assert st["n_ranked"][1] == 9
     assert st["zoo_median"][1] == pytest.approx(np.median([0.1, 0.1, 0.1, acc[1, 3].mean()]))
 
