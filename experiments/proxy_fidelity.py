@@ -16,7 +16,8 @@ trained runs at chance (accuracy <= 1.2 x chance, LEMUR's bar) with a Wilson int
 all architectures and over the *learnable* ones (above that bar at the reference: some
 mutations never learn, and no budget should be blamed for them); the median zoo accuracy.
 The recommended budget is the cheapest (median training seconds) whose Spearman is within
-``--margin`` of the best and whose learnable share at chance is at most ``--max-chance``.
+``--margin`` of the best, whose learnable share at chance is at most ``--max-chance`` and
+whose median zoo accuracy is at least ``--min-zoo``.
 
 Resumable: every finished run is in ``OUT/cache.json`` (the pool's evaluation cache, keyed
 by code, settings, seed and dataset), so a killed study continues where it stopped and a
@@ -278,22 +279,24 @@ def budget_statistics(acc: np.ndarray, status: np.ndarray, train_s: np.ndarray, 
     return out
 
 
-def recommend(st: dict[str, np.ndarray], reference: int, margin: float, max_chance: float) -> int:
-    """Index of the cheapest budget (median training seconds) with Spearman >= best - margin
-    and at most max_chance of the runs of learnable architectures at chance; -1 when none
-    qualifies.
+def recommend(st: dict[str, np.ndarray], reference: int, margin: float, max_chance: float,
+              min_zoo: float = 0.0) -> int:
+    """Index of the cheapest budget (median training seconds) with Spearman >= best - margin,
+    at most max_chance of the runs of learnable architectures at chance and a median zoo
+    accuracy >= min_zoo; -1 when none qualifies.
 
     >>> st = {"spearman": np.array([np.nan, 0.90, 0.86, 0.70]), "chance_learnable": np.array([0, 0, 0.01, 0]),
-    ...       "train_s_median": np.array([9.0, 2.0, 1.0, 0.5])}
-    >>> recommend(st, 0, 0.05, 0.05), recommend(st, 0, 0.01, 0.05)
-    (2, 1)
+    ...       "train_s_median": np.array([9.0, 2.0, 1.0, 0.5]), "zoo_median": np.array([0.9, 0.9, 0.6, 0.9])}
+    >>> recommend(st, 0, 0.05, 0.05), recommend(st, 0, 0.01, 0.05), recommend(st, 0, 0.05, 0.05, min_zoo=0.8)
+    (2, 1, 1)
     """
     rho = st["spearman"]
     if not np.isfinite(rho).any():
         return -1
     best = np.nanmax(rho)
     ok = [b for b in range(len(rho)) if b != reference and rho[b] >= best - margin
-          and st["chance_learnable"][b] <= max_chance and np.isfinite(st["train_s_median"][b])]
+          and st["chance_learnable"][b] <= max_chance and st["zoo_median"][b] >= min_zoo
+          and np.isfinite(st["train_s_median"][b])]
     return min(ok, key=lambda b: st["train_s_median"][b]) if ok else -1
 
 
@@ -402,6 +405,9 @@ def parser() -> argparse.ArgumentParser:
                    help="recommend the cheapest budget with Spearman >= best - margin (default 0.05)")
     p.add_argument("--max-chance", type=float, default=0.05,
                    help="... and at most this share of the learnable architectures' runs at chance (default 0.05)")
+    p.add_argument("--min-zoo", type=float, default=0.8,
+                   help="... and a median zoo accuracy of at least this (default 0.8): a proxy at which the "
+                        "zoo's own baselines have not learned compresses every score near chance")
     p.add_argument("--out", type=Path, default=Path("runs/proxy_fidelity"), help="output directory")
     p.add_argument("--overwrite", action="store_true", help="discard a previous study in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -441,8 +447,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - started
     st = budget_statistics(runs["accuracy"], runs["status"], runs["train_seconds"], 0,
                            np.array([a["group"] == "zoo" for a in archs]))
-    chosen = recommend(st, 0, args.margin, args.max_chance)
-    attrs = {"reference": ref.label, "margin": args.margin, "max_chance": args.max_chance,
+    chosen = recommend(st, 0, args.margin, args.max_chance, args.min_zoo)
+    attrs = {"reference": ref.label, "margin": args.margin, "max_chance": args.max_chance, "min_zoo": args.min_zoo,
              "recommended": all_budgets[chosen].label if chosen >= 0 else "",
              "wall_seconds_this_call": wall, "workers": args.workers, "threads_per_worker": 1,
              "dataset": "mnist5k", "arch_seed": args.arch_seed, "level": LEVEL}
@@ -450,10 +456,10 @@ def main(argv=None) -> int:
     _write_atomic(ds, args.out / "proxy_fidelity.nc")
     table = summary_table(ds)
     png = plot_cost_fidelity(ds, args.out / "cost_fidelity.png")
-    verdict = (f"recommended: {all_budgets[chosen].label} (cheapest with Spearman within {args.margin:g} of the "
-               f"best and <= {args.max_chance:.0%} of the learnable architectures' runs at chance)" if chosen >= 0 else
-               f"no budget has Spearman within {args.margin:g} of the best and <= {args.max_chance:.0%} of the "
-               "learnable architectures' runs at chance")
+    rule = (f"Spearman within {args.margin:g} of the best, <= {args.max_chance:.0%} of the learnable "
+            f"architectures' runs at chance, zoo median >= {args.min_zoo:g}")
+    verdict = (f"recommended: {all_budgets[chosen].label} (the cheapest with {rule})" if chosen >= 0
+               else f"no budget has {rule}")
     loads = ", ".join(f"{lb:.1f}->{la:.1f}" for lb, la in zip(runs["load_before"], runs["load_after"]))
     text = (f"# Proxy fidelity\n\n{len(archs)} architectures, {args.seeds} seeds, reference {ref.label}; "
             f"{wall:.0f} s wall this call ({runs['fresh']} runs trained, the rest from the cache); "
