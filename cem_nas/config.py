@@ -58,9 +58,10 @@ class DataSettings:
     """Dataset name (see cem_nas.data.names()): mnist5k, digits, cifar10, ..."""
     root: str = ""
     """Directory for downloaded datasets; empty = the data module's default."""
-    max_train: int = 1000
-    """Training examples used by the proxy (a random subset); 0 = all."""
-    max_test: int = 500
+    max_train: int = 0
+    """Training examples used by the proxy (a random subset); 0 = all (the default: chosen by
+    experiments.proxy_fidelity, see experiments/configs/default.toml)."""
+    max_test: int = 0
     """Test examples used to score the proxy; 0 = all."""
     resize: int = 0
     """Resize images to resize x resize pixels; 0 = keep the native size."""
@@ -82,8 +83,9 @@ class SearchSettings:
     """fixed: always the zoo baselines; refine: the best candidates so far become the baselines."""
     refine_top: int = 3
     """In refine mode, how many of the best candidates so far serve as baselines."""
-    replicate_candidates: int = 4
-    """Scored candidates per cycle (chosen at random) that get extra proxy runs, for the SNR."""
+    replicate_candidates: int = 12
+    """Scored candidates per cycle (chosen at random) that get extra proxy runs, for the SNR
+    (an ICC interval of +-0.1 needs ~11 at the default proxy's ICC; see default.toml)."""
     replicate_seeds: int = 3
     """Proxy runs (seeds) per replicated candidate, counting the scoring run; 1 = no replicates."""
     novelty_threshold: float = 0.9

@@ -71,8 +71,8 @@ def test_make_pool_reads_the_run_config():
         make_pool(cfg, start_timeout=2)
     spec = DatasetSpec.of_config(cfg)
     assert (spec.name, spec.max_train, spec.max_test, spec.seed) == (
-        cfg.data.dataset, cfg.data.max_train, cfg.data.max_test, cfg.run.seed)
-    assert spec.root is None and spec.resize is None  # "" and 0 mean "default" in the config
+        cfg.data.dataset, cfg.data.max_train or None, cfg.data.max_test or None, cfg.run.seed)
+    assert spec.root is None and spec.resize is None  # "" and 0 mean "default" ("all" for sizes) in the config
 
 
 def test_fingerprint_tells_datasets_apart():
