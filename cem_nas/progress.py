@@ -48,8 +48,10 @@ class StepReporter:
     def __call__(self, step: int, loss: float) -> None:
         self.losses.append(loss)
         recent = self.losses[-self.window:]
-        self.bar.set_postfix_str(f"loss {sum(recent) / len(recent):.3f}", refresh=False)
         self.bar.update()
+        # redraw every step: tqdm's update() skips draws within mininterval, so fast steps
+        # would leave an old loss on screen (steps take seconds in a real run: no cost)
+        self.bar.set_postfix_str(f"loss {sum(recent) / len(recent):.3f}", refresh=True)
 
 
 class TokenReporter:
