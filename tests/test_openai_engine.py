@@ -48,19 +48,23 @@ def test_bad_settings_are_refused():
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     from cem_nas.sampler.model import embedded_gguf
 
     port = free_port()
+    # a file, not a pipe: llama.cpp logs more while loading than a pipe buffer holds, and
+    # a full pipe would block the server
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {proc.stderr.read()[-2000:]!r}")
+                log.seek(0)
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log.read()[-2000:]!r}")
             try:
                 urllib.request.urlopen(url + "/v1/models", timeout=2).read()
                 break
@@ -75,6 +79,7 @@ def server():
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -477,7 +477,7 @@ class LLMSampler:
         if self._stale:
             self._hand_off()
         g = self.generation
-        params = {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or -1,
+        params = {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or self.remote.settings.top_k_off,
                   "max_tokens": self._max_new_tokens()}
         if g.repetition_penalty != 1.0:
             params["repetition_penalty"] = g.repetition_penalty

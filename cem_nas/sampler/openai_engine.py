@@ -60,6 +60,9 @@ class OpenAISettings:
     """Seconds one HTTP request may take."""
     parallel: int = 16
     """Requests in flight at once when the server does not honour ``n``."""
+    top_k_off: int = 0
+    """The top_k value this server reads as 'no top-k cut', sent when generation.top_k is 0
+    (0: llama.cpp's server, which refuses -1, and recent vLLM; -1: SGLang, older vLLM)."""
 
     def __post_init__(self) -> None:
         if self.adapter_api not in ADAPTER_APIS:
