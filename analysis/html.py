@@ -16,6 +16,7 @@ from pathlib import Path
 from analysis import claims as cl
 from analysis.document import (
     Architectures, Block, ClaimBlock, Document, Figure, Section, Text, architecture_table, history_groups, history_text,
+    markdown,
 )
 from analysis.lineage import Architecture, Step
 from analysis.tables import Table, fmt
@@ -181,4 +182,13 @@ def render(doc: Document) -> str:
 def write_html(doc: Document, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(render(doc), encoding="utf-8")
+    return path
+
+
+def write_document(doc: Document, out_dir: Path, stem: str) -> Path:
+    """``out_dir/stem.md`` (figures linked) and the self-contained ``stem.html`` beside it;
+    returns the Markdown path."""
+    write_html(doc, out_dir / f"{stem}.html")
+    path = out_dir / f"{stem}.md"
+    path.write_text(markdown(doc, out_dir))
     return path

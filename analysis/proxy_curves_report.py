@@ -20,8 +20,8 @@ import xarray as xr
 
 from analysis import plots
 from analysis.claims import Claim
-from analysis.document import Document, Figure, Section, Text, markdown
-from analysis.html import write_html
+from analysis.document import Document, Figure, Section, Text
+from analysis.html import write_document
 from analysis.proxy_curves import PAIRED, settings_of
 from analysis.tables import Table, verdict_table
 from analysis.tables import fmt as _fmt
@@ -261,10 +261,7 @@ def write_curves_report(study: xr.Dataset, out: str | Path) -> Path:
     plot_hexbins(study, hexbin)
     plot_spearman_agreement(study, spearman)
     doc = curves_document(study, hexbin, spearman)
-    write_html(doc, out / "proxy_curves.html")
-    path = out / "proxy_curves.md"
-    path.write_text(markdown(doc, out))
-    return path
+    return write_document(doc, out, "proxy_curves")
 
 
 def main(argv=None) -> int:

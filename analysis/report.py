@@ -18,8 +18,8 @@ import xarray as xr
 
 from analysis import claims as cl
 from analysis import plots, tables
-from analysis.document import Architectures, ClaimBlock, Document, Figure, Section, Text, markdown, markdown_block
-from analysis.html import write_html
+from analysis.document import Architectures, ClaimBlock, Document, Figure, Section, Text, markdown_block
+from analysis.html import write_document
 from analysis.lineage import top_architectures
 from analysis.load import as_runs, load
 from cem_nas.store import StoreError
@@ -188,10 +188,7 @@ def write_report(sources, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else _default_out(sources)
     out.mkdir(parents=True, exist_ok=True)
     doc = build_document(sources, ds, out)
-    write_html(doc, out / "report.html")
-    path = out / "report.md"
-    path.write_text(markdown(doc, out))
-    return path
+    return write_document(doc, out, "report")
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ from scipy import stats
 
 from analysis import proxy_curves as pc
 from analysis import proxy_curves_report as pr
+from analysis.document import markdown
 from analysis.claims import NOT_ENOUGH, NOT_SUPPORTED, SUPPORTED
 from cem_nas.curves import CSV_COLUMNS, curves_dataset, read_curves
 from experiments import proxy_study
@@ -187,7 +188,7 @@ def test_console_summary_and_figures_stay_readable_with_many_groups(study, monke
     monkeypatch.setattr(pr, "MAX_PLOTTED", 2)
     assert [name for _, name in pr.plotted_groups(study)] == ["ceiling", "floor"]  # equal n: first two
     pr.plot_spearman_agreement(study, tmp_path / "s.png")
-    assert "The figures show the 2 largest of the 3 groups." in pr.markdown(pr.curves_document(study), tmp_path)
+    assert "The figures show the 2 largest of the 3 groups." in markdown(pr.curves_document(study), tmp_path)
 
 
 def test_cli_curves_mode(tmp_path, capsys):
