@@ -50,6 +50,10 @@ SETTINGS: dict[str, dict[str, str]] = {
     "no_replay": {"sampler.lora.replay_share": "0", "sampler.lora.corpus_share": "0"},
     "corpus_heavy": {"sampler.lora.replay_share": "0.25", "sampler.lora.corpus_share": "0.6"},
     "wide_warm": {"sampler.warm_start.corpus_size": "144", "sampler.warm_start.steps": "48"},
+    "hints": {"sampler.hints.enabled": "true"},
+    "hints8": {"sampler.hints.enabled": "true", "sampler.warm_start.max_changed": "8"},
+    "hints8_refine": {"sampler.hints.enabled": "true", "sampler.warm_start.max_changed": "8",
+                      "search.baseline_mode": "refine", "search.refine_top": "9"},
     "two_edit_warm": {"sampler.warm_start.max_edits": "2", "sampler.warm_start.max_changed": "8",
                       "sampler.warm_start.corpus_size": "96", "sampler.warm_start.steps": "48"},
 }

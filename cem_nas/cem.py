@@ -193,7 +193,8 @@ class CEM:
         c = Candidate(cand=i, baseline=p.baseline, parent_cycle=self.born.get(p.baseline, -1), prompt=p.prompt,
                       response=p.response, delta=p.delta or "", prompt_tokens=p.prompt_tokens,
                       completion_tokens=p.completion_tokens, gen_seconds=p.gen_seconds,
-                      delta_lines=count_lines(p.delta) if p.delta else 0, stop_reason=p.stop_reason)
+                      delta_lines=count_lines(p.delta) if p.delta else 0, stop_reason=p.stop_reason,
+                      hint=str(p.meta.get("hint", "")))
         parent = by_name[p.baseline].code
         if self.sampler.mode == "delta":
             if p.delta is None:
@@ -447,7 +448,7 @@ def build_sampler(cfg: RunConfig, task: Any) -> Any:
                          generation=cfg.sampler.generation, warm_start=cfg.sampler.warm_start,
                          device=cfg.sampler.device, seed=cfg.run.seed,
                          load_in_4bit=cfg.sampler.load_in_4bit, dtype=cfg.sampler.dtype,
-                         engine=cfg.sampler.engine, openai=cfg.sampler.openai)
+                         engine=cfg.sampler.engine, openai=cfg.sampler.openai, hints=cfg.sampler.hints)
     print(f"sampler: {sampler.describe()}", file=sys.stderr, flush=True)
     return sampler
 

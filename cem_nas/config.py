@@ -29,7 +29,7 @@ from typing import Any
 
 from cem_nas.evaluate import EvalSettings
 from cem_nas.repeats import READINGS
-from cem_nas.sampler.llm import DECODERS, ENGINES, GenerationSettings, LoRASettings, WarmStartSettings
+from cem_nas.sampler.llm import DECODERS, ENGINES, GenerationSettings, HintSettings, LoRASettings, WarmStartSettings
 from cem_nas.sampler.model import DTYPES
 from cem_nas.sampler.openai_engine import OpenAISettings
 
@@ -125,6 +125,8 @@ class SamplerSettings:
     """Sampling settings of the LLM."""
     warm_start: WarmStartSettings = field(default_factory=WarmStartSettings)
     """Supervised warm start on the curated diff corpus before cycle 0."""
+    hints: HintSettings = field(default_factory=HintSettings)
+    """LLM: a kind of edit named in every prompt, drawn from a CE-updated distribution over kinds."""
 
 
 @dataclass

@@ -53,6 +53,7 @@ class Candidate:
     is_new: bool = False  # a new architecture: archived under this candidate's name, trained
     twin: str = ""  # name of the archived architecture this is a repeat of; "" when it is none
     inherited: EvalResult | None = None  # the twin's scoring result, in either reading
+    hint: str = ""  # the kind of edit the prompt asked for (cem_nas.sampler.hints); "" without hints
 
     @property
     def score_source(self) -> str:

@@ -57,6 +57,7 @@ CANDIDATE_VARIABLES = {
     "is_new": ("1", "a new architecture: archived under this candidate's name and trained"),
     "twin": ("", "name of the archived architecture (candidate or zoo baseline) this one repeats; empty when none"),
     "score_source": ("", "where the score came from: proxy (trained), archive (the twin's), empty (no score)"),
+    "hint": ("", "the kind of edit the prompt asked for (sampler.hints); empty without hints"),
 }
 
 
@@ -122,7 +123,7 @@ def cycle_dataset(record: CycleRecord, hook_values: dict[str, Any],
     cols: dict[str, np.ndarray] = {
         name: _text([getattr(c, name) for c in cands])
         for name in ("status", "message", "baseline", "prompt", "response", "delta", "code", "apply_tier",
-                     "stop_reason", "twin", "score_source")
+                     "stop_reason", "twin", "score_source", "hint")
     }
     cols["parent_cycle"] = np.array([c.parent_cycle for c in cands], dtype=np.int64)
     cols["score"] = record.scores()

@@ -27,6 +27,7 @@ import numpy as np
 from cem_nas.progress import QUIET, Progress, StepReporter
 from cem_nas.records import Baseline, Elite, Proposal, TaskSpec, UpdateStats
 from cem_nas.sampler import lora as lora_sft
+from cem_nas.sampler.hints import HintSettings, KindDistribution, applicable_kinds, hint_text, pair_kinds
 from cem_nas.sampler.decode import STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, supports_shared_prefix
 from cem_nas.sampler.lora import LoRASettings
 from cem_nas.sampler.model import LoadedModel, cache_root, load_model
@@ -35,7 +36,7 @@ from cem_nas.sampler.prompts import (
     TEMPLATE_VERSION, check_mode, closes_block, cut_after_block, format_completion, render_prompt,
 )
 
-__all__ = ["GenerationSettings", "LLMSampler", "LoRASettings", "WarmStartSettings"]
+__all__ = ["GenerationSettings", "HintSettings", "LLMSampler", "LoRASettings", "WarmStartSettings"]
 
 STATE_VERSION = 1
 log = logging.getLogger(__name__)
@@ -192,7 +193,8 @@ class LLMSampler:
     ``dtype`` (auto, float32, bfloat16: :func:`~cem_nas.sampler.model.resolve_dtype`) applies
     when the model is loaded here; a LoadedModel keeps its own. ``engine`` ``openai``
     samples on the server ``openai`` names (the update stays in-process; each new adapter
-    is handed to the server, :mod:`cem_nas.sampler.openai_engine`).
+    is handed to the server, :mod:`cem_nas.sampler.openai_engine`). ``hints`` puts a kind of
+    edit in every prompt (:mod:`cem_nas.sampler.hints`); None: no hints.
     """
 
     def __init__(
@@ -210,6 +212,7 @@ class LLMSampler:
         dtype: str = "auto",
         engine: str = "hf",
         openai: OpenAISettings | None = None,
+        hints: HintSettings | None = None,
     ):
         from peft import get_peft_model
 
@@ -218,6 +221,8 @@ class LLMSampler:
         self.lora = lora or LoRASettings()
         self.generation = generation or GenerationSettings()
         self.warm = warm_start or WarmStartSettings()
+        self.hints = hints or HintSettings(enabled=False)
+        self.kinds = KindDistribution(self.hints.alpha)
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device, load_in_4bit, dtype)
         self.tokenizer = self.loaded.tokenizer
         with warnings.catch_warnings():
@@ -251,9 +256,11 @@ class LLMSampler:
         return f"{where.name} on {where.device}, {where.dtype} ({where.dtype_reason or 'given'}), decoder {self.decoder()}"
 
     # -- examples -------------------------------------------------------------------
-    def prompt_for(self, code: str, examples: list[str] | tuple = ()) -> str:
-        """The rendered prompt for a baseline's source (with few-shot example deltas)."""
-        return render_prompt(self.tokenizer, self.task, code, self.mode, examples)
+    def prompt_for(self, code: str, examples: list[str] | tuple = (), kinds: list[str] | tuple = ()) -> str:
+        """The rendered prompt for a baseline's source (with few-shot example deltas and,
+        when hints are on, the sentence asking for ``kinds`` of edit)."""
+        hint = hint_text(kinds) if kinds and self.hints.enabled else ""
+        return render_prompt(self.tokenizer, self.task, code, self.mode, examples, hint)
 
     def _corpus_items(self) -> list:
         if self._corpus is None:
@@ -261,7 +268,7 @@ class LLMSampler:
 
             w = self.warm
             self._corpus = build_corpus(w.corpus_size, w.corpus_seed, max_edits=w.max_edits, context=w.context,
-                                        max_changed=w.max_changed or None)
+                                        max_changed=w.max_changed or None, balance=self.hints.enabled)
         return self._corpus
 
     def few_shot_examples(self, baseline: str, rng: np.random.Generator) -> list[str]:
@@ -293,8 +300,10 @@ class LLMSampler:
 
     def corpus_examples(self) -> list[tuple[str, str]]:
         """(prompt, completion) pairs of the warm-start corpus for this mode."""
-        # through completion_for, as elites are: one format (extract_delta's) for both
-        return [(self.prompt_for(item[1]), self.completion_for(item[3] if self.mode == "delta" else item[2]))
+        # through completion_for, as elites are: one format (extract_delta's) for both; a
+        # pair's hint names the kinds its grammar choices (item[4], when given) edit
+        return [(self.prompt_for(item[1], kinds=pair_kinds(item[4]) if len(item) > 4 else ()),
+                 self.completion_for(item[3] if self.mode == "delta" else item[2]))
                 for item in self._corpus_items()]
 
     def _encode(self, pairs) -> tuple[list, int]:
@@ -331,6 +340,8 @@ class LLMSampler:
         }
         if self.loaded.dtype != "float32":  # trained in another dtype: another adapter (fp32 keys unchanged)
             spec["dtype"] = self.loaded.dtype
+        if self.hints.enabled:  # hinted prompts, balanced corpus: another adapter (keys without hints unchanged)
+            spec["hints"] = True
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         return f"{_slug(self.loaded.name)}-{self.mode}-c{self.warm.corpus_seed}-{digest}"
 
@@ -563,6 +574,10 @@ class LLMSampler:
         if self.generation.few_shot:  # one prompt per proposal, examples drawn in slot order
             prompts = [self.prompt_for(baselines[b].code, self.few_shot_examples(baselines[b].name, rng))
                        for b in assigned]
+        elif self.hints.enabled:  # one kind per proposal: equal (baseline, kind) prompts share a prefill
+            kinds = [self.kinds.sample(rng, applicable_kinds(baselines[b].code)) for b in assigned]
+            shared = {key: self.prompt_for(baselines[key[0]].code, kinds=[key[1]]) for key in set(zip(assigned, kinds))}
+            prompts = [shared[key] for key in zip(assigned, kinds)]
         else:
             shared = {b: self.prompt_for(baselines[b].code) for b in set(assigned)}
             prompts = [shared[b] for b in assigned]
@@ -581,6 +596,8 @@ class LLMSampler:
                 for i, out in zip(batch, outs):
                     delta, code, meta = self._extract(out.text, out.stop_reason)
                     meta |= {"seed": seed, "batch_seconds": seconds, "batch_size": len(batch)}
+                    if self.hints.enabled and not self.generation.few_shot:
+                        meta["hint"] = kinds[i]
                     proposals[i] = Proposal(
                         baseline=baselines[assigned[i]].name, prompt=prompts[i], response=out.text,
                         delta=delta, code=code, prompt_tokens=out.prompt_tokens,
@@ -604,6 +621,8 @@ class LLMSampler:
         (when the buffer has any), a corpus pair with probability ``corpus_share``, else one
         of this cycle's elites. With ``lora.smoothing`` alpha < 1 the fitted adapter is then
         blended with the one before the update (:func:`~cem_nas.sampler.lora.smooth_parameters`).
+        With hints, the distribution over kinds takes its smoothed CE step toward the
+        elites' kinds (:class:`~cem_nas.sampler.hints.KindDistribution`).
         ``elite_nll_before/after`` is this cycle's elites' mean completion-token NLL
         before/after (the CE objective; after = of the adapter the next cycle samples from);
         ``loss_before/after`` are the first and last step's batch losses. An elite's
@@ -634,6 +653,8 @@ class LLMSampler:
                 lora_sft.smooth_parameters(self.model, previous, self.lora.smoothing)
             after = self._nll(current, bar)
         stats = _update_stats(losses, before, after, len(current), t0)
+        if self.hints.enabled:
+            self.kinds.update([e.meta["hint"] for e in elites if e.meta.get("hint")])
         self._remember(elites)
         self.updates += 1
         self._stale = True
@@ -660,6 +681,7 @@ class LLMSampler:
             "warm_started": self.warm_started,
             "replay": [dict(r) for r in self.replay],
             "rng": self.rng.bit_generator.state,
+            "kinds": self.kinds.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -671,6 +693,8 @@ class LLMSampler:
         self.warm_started = bool(state["warm_started"])
         self.replay = [dict(r) for r in state["replay"]]
         self.rng.bit_generator.state = state["rng"]
+        if "kinds" in state:  # saved before hints existed: the kind distribution stays uniform
+            self.kinds.load_state_dict(state["kinds"])
 
     def save(self, directory: Path) -> None:
         """Write the LoRA adapter; ``PeftModel.from_pretrained(base, directory)`` reads it."""

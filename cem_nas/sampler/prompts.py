@@ -50,28 +50,35 @@ def _ended(text: str) -> str:
 _EXAMPLES = "Examples of small changes made to other model files:\n"
 
 
-def user_message(task: TaskSpec, code: str, mode: str, examples: Sequence[str] = ()) -> str:
+def user_message(task: TaskSpec, code: str, mode: str, examples: Sequence[str] = (), hint: str = "") -> str:
     """The instruction text for one baseline (before any chat template).
 
     ``examples`` are few-shot deltas (of other files) shown before the instruction, each
-    as a fenced diff; with none the text is the plain template.
+    as a fenced diff; with none the text is the plain template. ``hint`` (a sentence of
+    :func:`cem_nas.sampler.hints.hint_text`) follows the instruction's first sentence.
 
     >>> msg = user_message(TaskSpec("mnist5k", (1, 28, 28), 10), "x = 1", "delta")
     >>> "(batch, 1, 28, 28)" in msg and "```diff" in msg and "Examples" not in msg
     True
     >>> "```diff\\n-a\\n+b\\n```" in user_message(TaskSpec("m", (1, 2, 2), 3), "x = 1", "delta", ["-a\\n+b"])
     True
+    >>> "training. Change only X. Answer" in user_message(TaskSpec("m", (1, 2, 2), 3), "x = 1", "delta", hint="Change only X.")
+    True
     """
     c, h, w = task.in_shape
     head = _TASK.format(dataset=task.dataset, c=c, h=h, w=w, k=task.num_classes, code=_ended(code))
     if examples:
         head += _EXAMPLES + "".join(format_completion("delta", e) + "\n" for e in examples)
-    return head + _INSTRUCTION[check_mode(mode)]
+    instruction = _INSTRUCTION[check_mode(mode)]
+    if hint:
+        first, rest = instruction.split(". ", 1)
+        instruction = f"{first}. {hint} {rest}"
+    return head + instruction
 
 
-def render_prompt(tokenizer, task: TaskSpec, code: str, mode: str, examples: Sequence[str] = ()) -> str:
+def render_prompt(tokenizer, task: TaskSpec, code: str, mode: str, examples: Sequence[str] = (), hint: str = "") -> str:
     """The full prompt text: the model's chat template when it has one, else a plain frame."""
-    message = user_message(task, code, mode, examples)
+    message = user_message(task, code, mode, examples, hint)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=False
