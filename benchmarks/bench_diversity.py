@@ -4,11 +4,14 @@ Runs a short real CEM search (embedded SmolLM2, default.toml plus the setting's
 overrides) per named setting and prints per cycle, i.e. after 0, 1, 2, ... updates:
 
 * valid: share of the cycle's proposals with status ``ok`` (trained, above 1.2 x chance);
-* novel: share of proposals whose file is a new architecture: MinHash Jaccard below the
-  run's ``search.novelty_threshold`` to every zoo baseline and every earlier proposal of
-  the run (an archive of its own, so the figure does not depend on how the loop books
-  repeats; a delta that leaves its parent unchanged is not novel);
-* yield: novel and ``ok`` (the novel-valid yield), with its Wilson 95% interval;
+* new: share of proposals whose file is not an exact repeat (after normalisation,
+  :func:`cem_nas.repeats.exact_key`) of a zoo baseline or an earlier proposal of the run
+  (an archive of its own, so the figure does not depend on how the loop books repeats; a
+  delta that leaves its parent unchanged is not new);
+* yield: new and ``ok`` (the novel-valid yield of the exact reading), with its Wilson 95%
+  interval;
+* near: the same yield when a file within MinHash Jaccard ``--threshold`` (default 0.97,
+  the earlier default novelty threshold) of an earlier file counts as a repeat;
 * strict: share whose delta applied at the strict tier (exact ``@@`` headers);
 * p_E: the loop's p_t(E).
 
@@ -34,6 +37,7 @@ from cem_nas import config as C
 from cem_nas import zoo
 from cem_nas.cem import run_search
 from cem_nas.novelty import NoveltyArchive
+from cem_nas.repeats import RepeatArchive
 from cem_nas.store import RunStore, load
 from theory.convergence import wilson_interval
 
@@ -47,6 +51,10 @@ SETTINGS: dict[str, dict[str, str]] = {
     "refine_hot": {"search.baseline_mode": "refine", "search.refine_top": "9", "sampler.generation.temperature": "0.9"},
     "big_step": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8"},
     "big_step_smooth": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8", "sampler.lora.smoothing": "0.3"},
+    "smooth": {"sampler.lora.smoothing": "0.5"},
+    # no CE step at all: does the update collapse the sampler, or does the warm-started
+    # model run out of edits it knows?
+    "frozen": {"sampler.lora.steps": "0"},
     "no_replay": {"sampler.lora.replay_share": "0", "sampler.lora.corpus_share": "0"},
     "corpus_heavy": {"sampler.lora.replay_share": "0.25", "sampler.lora.corpus_share": "0.6"},
     "wide_warm": {"sampler.warm_start.corpus_size": "144", "sampler.warm_start.steps": "48"},
@@ -72,33 +80,36 @@ def parse_setting(spec: str) -> tuple[str, dict[str, str]]:
     return name, dict(pairs)
 
 
-def novel_flags(ds, threshold: float) -> np.ndarray:
-    """(cycle, cand) booleans: the proposal's file is new against the zoo and all earlier files."""
-    archive = NoveltyArchive(threshold=threshold)
+def novel_flags(ds, threshold: float | None) -> np.ndarray:
+    """(cycle, cand) booleans: the proposal's file is new against the zoo and all earlier
+    files: not an exact repeat, nor (``threshold`` given) within that MinHash Jaccard."""
+    archive = RepeatArchive(None if threshold is None else NoveltyArchive(threshold=threshold))
     for name in zoo.names():
         archive.add(f"zoo:{name}", zoo.source(name))
     codes = ds.code.values.astype(str)
     flags = np.zeros(codes.shape, dtype=bool)
     for t in range(codes.shape[0]):
         for i, code in enumerate(codes[t]):
-            if code and archive.check(code)[0]:
+            if code and archive.twin(code)[0] is None:
                 archive.add(f"{t}:{i}", code)
                 flags[t, i] = True
     return flags
 
 
-def cycle_table(ds) -> list[dict[str, float]]:
+def cycle_table(ds, threshold: float = 0.97) -> list[dict[str, float]]:
     """Per-cycle figures of a run store (see the module docstring)."""
     status = ds.status.values.astype(str)
-    novel = novel_flags(ds, float(ds.attrs["novelty_threshold"]))
+    new, near = novel_flags(ds, None), novel_flags(ds, threshold)
     tier = ds.apply_tier.values.astype(str)
     rows = []
     for t in range(status.shape[0]):
         n = status.shape[1]
-        good = int(((status[t] == "ok") & novel[t]).sum())
+        ok = status[t] == "ok"
+        good = int((ok & new[t]).sum())
         lo, hi = wilson_interval(good, n, 0.95)
-        rows.append({"cycle": t, "n": n, "valid": float(np.mean(status[t] == "ok")), "novel": float(novel[t].mean()),
-                     "yield": good / n, "yield_lo": lo, "yield_hi": hi, "strict": float(np.mean(tier[t] == "strict")),
+        rows.append({"cycle": t, "n": n, "valid": float(np.mean(ok)), "novel": float(new[t].mean()),
+                     "yield": good / n, "yield_lo": lo, "yield_hi": hi, "near": float(np.mean(ok & near[t])),
+                     "strict": float(np.mean(tier[t] == "strict")),
                      "p_E": float(ds.p_E.values[t]), "distinct_valid": len(set(ds.code.values[t][status[t] == "ok"]))})
     return rows
 
@@ -114,7 +125,7 @@ def run_setting(name: str, overrides: dict[str, str], args) -> tuple[list[dict[s
     if not resume:  # a directory without state is a setting killed before its first cycle: start it again
         cfg.run.overwrite = True
     run_search(cfg, resume_dir=root if resume else None)
-    return cycle_table(load(root)), time.perf_counter() - t0
+    return cycle_table(load(root), args.threshold), time.perf_counter() - t0
 
 
 def main() -> None:
@@ -124,6 +135,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=4, help="cycles per setting (updates measured: cycles - 1)")
     parser.add_argument("--candidates", type=int, default=12, help="proposals per cycle")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=0.97, help="MinHash Jaccard of the 'near' column")
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--out", default="runs/bench_diversity", help="run directories, one per setting")
     parser.add_argument("--common", default="", metavar="FIELD=VALUE,...",
@@ -136,10 +148,11 @@ def main() -> None:
     for name, overrides in settings:
         rows, seconds = run_setting(name, overrides, args)
         print(f"\n== {name} {overrides or '(default.toml)'}: {seconds:.0f} s", flush=True)
-        print("cycle  valid  novel  yield [95% CI]       strict  p_E   distinct ok", flush=True)
+        print("cycle  valid  new    yield [95% CI]       near   strict  p_E   distinct ok", flush=True)
         for r in rows:
             print(f"{r['cycle']:5d}  {r['valid']:.2f}   {r['novel']:.2f}   {r['yield']:.2f} [{r['yield_lo']:.2f}, "
-                  f"{r['yield_hi']:.2f}]   {r['strict']:.2f}    {r['p_E']:.2f}  {r['distinct_valid']}", flush=True)
+                  f"{r['yield_hi']:.2f}]   {r['near']:.2f}   {r['strict']:.2f}    {r['p_E']:.2f}  {r['distinct_valid']}",
+                  flush=True)
         later = [r["yield"] for r in rows[1:]]
         summary.append((name, rows[0]["yield"], float(np.mean(later)) if later else float("nan"),
                         min(r["yield"] for r in rows)))

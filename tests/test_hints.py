@@ -91,7 +91,7 @@ CORPUS_WITH_KINDS = [  # (name, before, after, delta, choices): a activation edi
 
 
 def test_sampler_hints_prompts_trains_on_hinted_pairs_and_moves_the_kinds(tokenizer):  # noqa: F811
-    sampler = make_sampler(tokenizer, hints=HintSettings(alpha=0.5))
+    sampler = make_sampler(tokenizer, hints=HintSettings(enabled=True, alpha=0.5))
     sampler._corpus = CORPUS_WITH_KINDS
     examples = sampler.corpus_examples()
     assert "Change only the activation function." in examples[0][0]
@@ -106,12 +106,12 @@ def test_sampler_hints_prompts_trains_on_hinted_pairs_and_moves_the_kinds(tokeni
     elites = [Elite("a", proposals[0].prompt, DELTA_A, 0.9, 0, meta={"hint": "pooling"})]
     sampler.update(elites)
     assert sampler.kinds.weights["pooling"] == pytest.approx(0.5 + 0.5 / 9)
-    restored = make_sampler(tokenizer, hints=HintSettings(alpha=0.5))
+    restored = make_sampler(tokenizer, hints=HintSettings(enabled=True, alpha=0.5))
     restored.load_state_dict(sampler.state_dict())
     assert restored.kinds.weights == sampler.kinds.weights
     # the warm-started adapter of hinted prompts is another cache entry; without hints the key is unchanged
     plain = make_sampler(tokenizer)
-    hinted = make_sampler(tokenizer, hints=HintSettings())
+    hinted = make_sampler(tokenizer, hints=HintSettings(enabled=True))
     assert plain.warm_start_key() != hinted.warm_start_key()
     assert plain.warm_start_key() == make_sampler(tokenizer, hints=HintSettings(enabled=False)).warm_start_key()
     assert "Change only" not in plain.propose(baselines, 1, np.random.default_rng(3))[0].prompt
