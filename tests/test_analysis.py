@@ -336,3 +336,12 @@ def test_implied_alpha_is_not_used_as_the_known_step(geometric_run):
     assert claim.verdict == cl.SUPPORTED and "alpha unknown" in claim.summary
     assert np.isnan(claim.numbers["one_minus_alpha"][0])
     assert cl.smoothing_identity(runs).verdict == cl.NOT_ENOUGH
+
+
+def test_a_failed_identity_says_why_for_the_sampler_that_ran(geometric_run):
+    runs = as_runs(load(geometric_run))
+    broken = runs.assign(smoothing_residual=runs["smoothing_residual"] + 0.5)
+    for kind, says, not_says in (("llm", "adapter's parameters", "PBIL"), ("grammar", "PBIL", "adapter")):
+        claim = cl.smoothing_identity(broken.assign_coords(sampler=("run", [kind] * broken.sizes["run"])))
+        assert claim.verdict == cl.NOT_SUPPORTED
+        assert says in claim.summary and not_says not in claim.summary
