@@ -376,6 +376,11 @@ class PooledReliability:
     copula: dict
 
 
+def _interval(ci, r: float, n: int, minimum: int) -> tuple[float, float]:
+    """``ci(r, n, LEVEL)``; (NaN, NaN) where its Fisher-z form needs more than ``n`` pairs."""
+    return tuple(float(x) for x in ci(r, n, LEVEL)) if n > minimum else (math.nan, math.nan)
+
+
 def pooled_reliability(runs: xr.Dataset) -> PooledReliability | None:
     """Pool rep_score over all runs and cycles; None when fewer than 3 pairs exist."""
     n_candidates = int(candidate_mask(runs).sum())
@@ -394,8 +399,8 @@ def pooled_reliability(runs: xr.Dataset) -> PooledReliability | None:
     rho = float(np.clip(icc.icc, -0.999, 0.999))
     return PooledReliability(
         n_architectures=len(reps), n_candidates=n_candidates, n_pairs=n, icc=icc, pearson=r_p,
-        spearman=r_s, spearman_ci=tuple(float(x) for x in proxy.spearman_ci(r_s, n, LEVEL)),
-        kendall=tau, kendall_ci=tuple(float(x) for x in proxy.kendall_ci(tau, n, LEVEL)),
+        spearman=r_s, spearman_ci=_interval(proxy.spearman_ci, r_s, n, 3),
+        kendall=tau, kendall_ci=_interval(proxy.kendall_ci, tau, n, 4),
         arcsin_prediction=float(proxy.spearman_from_pearson(rho)),
         moran_expectation=float(proxy.moran_expected_spearman(rho, n)),
         proxy_spearman_from_snr=float(proxy.spearman_from_snr(max(float(icc.snr), 0.0))),

@@ -345,3 +345,12 @@ def test_a_failed_identity_says_why_for_the_sampler_that_ran(geometric_run):
         claim = cl.smoothing_identity(broken.assign_coords(sampler=("run", [kind] * broken.sizes["run"])))
         assert claim.verdict == cl.NOT_SUPPORTED
         assert says in claim.summary and not_says not in claim.summary
+
+
+def test_four_retest_pairs_give_a_report_without_the_intervals_they_cannot_have():
+    # the tiny ablation of test_experiments: 4 replicated candidates, too few for Kendall's
+    # Fisher-z interval (n > 4) but enough for Spearman's (n > 3)
+    pooled = cl.pooled_reliability(retest_dataset(4, icc=0.8, seed=3, runs=1))
+    assert pooled.n_pairs == 4 and all(np.isfinite(pooled.spearman_ci))
+    assert all(np.isnan(pooled.kendall_ci))
+    assert cl.proxy_reliability(retest_dataset(4, icc=0.8, seed=3, runs=1)).verdict == cl.NOT_ENOUGH
