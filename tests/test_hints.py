@@ -115,3 +115,15 @@ def test_sampler_hints_prompts_trains_on_hinted_pairs_and_moves_the_kinds(tokeni
     assert plain.warm_start_key() != hinted.warm_start_key()
     assert plain.warm_start_key() == make_sampler(tokenizer, hints=HintSettings(enabled=False)).warm_start_key()
     assert "Change only" not in plain.propose(baselines, 1, np.random.default_rng(3))[0].prompt
+
+
+def test_hints_and_few_shot_examples_go_together(tokenizer):  # noqa: F811
+    from cem_nas.sampler.llm import GenerationSettings
+
+    sampler = make_sampler(tokenizer, hints=HintSettings(enabled=True),
+                           generation=GenerationSettings(max_new_tokens=4, batch_size=4, few_shot=1))
+    baselines = [Baseline("a", CODE_A), Baseline("b", CODE_B)]
+    for p in sampler.propose(baselines, 4, np.random.default_rng(3)):
+        other = DELTA_B if p.baseline == "a" else DELTA_A
+        code = CODE_A if p.baseline == "a" else CODE_B
+        assert p.meta["hint"] in KINDS and p.prompt == sampler.prompt_for(code, [other], [p.meta["hint"]])

@@ -571,16 +571,16 @@ class LLMSampler:
             self.warm_start()
         order = rng.permutation(len(baselines)) if baselines else []
         assigned = [int(order[i % len(baselines)]) for i in range(n)]
+        # one kind of edit per proposal ("" without hints)
+        kinds = ([self.kinds.sample(rng, applicable_kinds(baselines[b].code)) for b in assigned]
+                 if self.hints.enabled else [""] * n)
         if self.generation.few_shot:  # one prompt per proposal, examples drawn in slot order
-            prompts = [self.prompt_for(baselines[b].code, self.few_shot_examples(baselines[b].name, rng))
-                       for b in assigned]
-        elif self.hints.enabled:  # one kind per proposal: equal (baseline, kind) prompts share a prefill
-            kinds = [self.kinds.sample(rng, applicable_kinds(baselines[b].code)) for b in assigned]
-            shared = {key: self.prompt_for(baselines[key[0]].code, kinds=[key[1]]) for key in set(zip(assigned, kinds))}
+            prompts = [self.prompt_for(baselines[b].code, self.few_shot_examples(baselines[b].name, rng), [k] if k else ())
+                       for b, k in zip(assigned, kinds)]
+        else:  # equal (baseline, kind) prompts share one prefill
+            shared = {key: self.prompt_for(baselines[key[0]].code, kinds=[key[1]] if key[1] else ())
+                      for key in set(zip(assigned, kinds))}
             prompts = [shared[key] for key in zip(assigned, kinds)]
-        else:
-            shared = {b: self.prompt_for(baselines[b].code) for b in set(assigned)}
-            prompts = [shared[b] for b in assigned]
         slots = sorted(range(n), key=lambda i: assigned[i])  # equal prompts share a batch: less padding
         seed = int(rng.integers(2**62))
         proposals: list[Proposal | None] = [None] * n
@@ -596,7 +596,7 @@ class LLMSampler:
                 for i, out in zip(batch, outs):
                     delta, code, meta = self._extract(out.text, out.stop_reason)
                     meta |= {"seed": seed, "batch_seconds": seconds, "batch_size": len(batch)}
-                    if self.hints.enabled and not self.generation.few_shot:
+                    if kinds[i]:
                         meta["hint"] = kinds[i]
                     proposals[i] = Proposal(
                         baseline=baselines[assigned[i]].name, prompt=prompts[i], response=out.text,
