@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from cem_nas.sampler.decode import (
-    STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, lora_folded, next_tokens,
+    STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, next_tokens,
 )
+from cem_nas.sampler.lora import lora_folded
 
 torch.set_num_threads(1)
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]]  # unequal: the prefix is padded

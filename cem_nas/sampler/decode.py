@@ -27,6 +27,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+from cem_nas.sampler.lora import lora_folded
+
 ATTENTION_NAME = "cem_shared_prefix"
 #: Model families whose attention modules follow the Llama layout this loop relies on.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite")
@@ -112,37 +114,6 @@ def _inverse_cdf(probs, index, generator):
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
     col = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
     return (col if index is None else index.gather(1, col))[:, 0]
-
-
-@contextmanager
-def lora_folded(model) -> Iterator[None]:
-    """Run ``model`` (a peft model) with each LoRA-adapted weight replaced by
-    ``W + scaling * B @ A`` (computed in float32, kept in W's dtype) and the adapters
-    switched off; afterwards the original weight tensors are put back untouched.
-
-    A decode step then costs the base model's matmuls only: with rank-16 adapters on the 7
-    projections the adapter branches are 2 of every 3 matmul calls of a step (420 of 630
-    for SmolLM2, torch.profiler). Costs one copy of the adapted weights while it lasts.
-    """
-    import torch
-
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged and not m.disable_adapters]
-    swapped = []
-    try:
-        with torch.no_grad():
-            for m in layers:
-                base = m.get_base_layer()
-                delta = sum(m.get_delta_weight(name).float() for name in m.active_adapters if name in m.lora_A)
-                swapped.append((m, base, base.weight.data))
-                base.weight.data = (base.weight.data.float() + delta).to(base.weight.dtype)
-                m._disable_adapters = True
-        yield
-    finally:
-        for m, base, original in swapped:
-            m._disable_adapters = False
-            base.weight.data = original
 
 
 class PrefixKV:
@@ -288,6 +259,7 @@ def decode(
     stop_candidates: set[int] | frozenset = frozenset(),
     on_step: Callable[[int, int], None] | None = None,
     fold_lora: bool = False,
+    prompt_kv=None,
 ) -> list[list[Completion]]:
     """``counts[j]`` completions of each prompt ``prompts[j]`` (token ids), prefilled once each.
 
@@ -297,7 +269,9 @@ def decode(
     inputs, same outputs). Returns, per prompt, its completions in row order.
     ``on_step(tokens, finished)`` is called after every step with the tokens that step
     added and the rows finished so far (a progress bar's feed). ``fold_lora`` decodes with
-    the adapter folded into the weights (:func:`lora_folded`).
+    the adapter folded into the weights (:func:`lora_folded`). Each prompt's keys and values
+    are put in ``prompt_kv`` (a :class:`~cem_nas.sampler.prompt_kv.PromptKV`), when given, for
+    the CE update that follows under the same adapter.
     """
     import torch
 
@@ -311,6 +285,8 @@ def decode(
         first_logits, prefixes = [], []
         for j in live_groups:
             logits, layers = _prefill(model, list(prompts[j]), device)
+            if prompt_kv is not None:
+                prompt_kv.put(model, prompts[j], layers)
             first_logits.append(logits)
             prefixes.append(layers)
         lengths = [len(prompts[j]) for j in live_groups]

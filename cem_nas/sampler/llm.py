@@ -32,6 +32,7 @@ from cem_nas.sampler.decode import STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRu
 from cem_nas.sampler.lora import LoRASettings
 from cem_nas.sampler.model import LoadedModel, cache_root, load_model
 from cem_nas.sampler.openai_engine import OpenAIEngine, OpenAISettings
+from cem_nas.sampler.prompt_kv import PromptKV
 from cem_nas.sampler.prompts import (
     TEMPLATE_VERSION, check_mode, closes_block, cut_after_block, format_completion, render_prompt,
 )
@@ -247,6 +248,8 @@ class LLMSampler:
         self._stale = True  # the server does not have the current adapter yet (openai engine)
         self._fallback_logged = False
         self._backticks: frozenset | None = None
+        # prompts the generation prefilled, for the update's first passes under the same adapter
+        self.prompt_kv = PromptKV()
         self.progress: Progress = QUIET  # the loop installs its own: warm start and update show their steps
         self.on_decode_step: Callable[[int, int], None] | None = None  # (tokens added, rows finished) per step
 
@@ -316,13 +319,13 @@ class LLMSampler:
         if bar is not None:  # seconds on CPU: say what the bar is waiting for
             bar.set_postfix_str(f"NLL of {len(encoded)} pairs", refresh=True)
         return lora_sft.mean_completion_nll(
-            self.model, encoded, self.tokenizer.pad_token_id, self.loaded.device, self.lora.batch_size
+            self.model, encoded, self.tokenizer.pad_token_id, self.loaded.device, self.lora.batch_size, self.prompt_kv
         )
 
     def _train(self, draw, steps: int, lr: float, bar) -> list[float]:
         return lora_sft.train_steps(
             self.model, draw, steps, lr, self.tokenizer.pad_token_id, self.loaded.device, self.rng,
-            self.lora.grad_clip, self.lora.prompt_grad, on_step=StepReporter(bar),
+            self.lora.grad_clip, self.lora.prompt_grad, on_step=StepReporter(bar), prompt_kv=self.prompt_kv,
         )
 
     # -- warm start -------------------------------------------------------------------
@@ -473,7 +476,8 @@ class LLMSampler:
         done = decode(self.model, list(groups), [len(rows) for rows in groups.values()], rule, self._max_new_tokens(),
                       {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}, generator, device,
                       stop=self._closes_block, stop_candidates=self._backtick_ids(), on_step=self.on_decode_step,
-                      fold_lora=device == "cpu")  # on CPU the adapter branches' op overhead dominates a step
+                      fold_lora=device == "cpu",  # on CPU the adapter branches' op overhead dominates a step
+                      prompt_kv=self.prompt_kv)
         results: list[Generated | None] = [None] * len(encoded)
         for prompt, rows, completions in zip(groups, groups.values(), done):
             for row, c in zip(rows, completions):

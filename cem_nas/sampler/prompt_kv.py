@@ -1,0 +1,70 @@
+"""Prompt keys/values kept while the adapter is unchanged, so a prompt is prefilled once per adapter.
+
+A CE cycle prefills the same prompts several times under one adapter theta_t: the
+generation prefills each baseline's prompt, then the update's elite NLL and its first
+optimiser step prefill the prompts of the elites and of the drawn corpus pairs, which (with
+fixed baselines) are the same files. Keys and values depend on the prompt and on the
+weights only, so those of theta_t can be reused until a parameter changes.
+
+A change is detected from the trainable parameters' in-place version counters
+(``Tensor._version``, which every optimiser step, smoothing blend and ``load_state_dict``
+bumps) and their identities, so no caller has to remember to invalidate.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def adapter_state(model) -> tuple:
+    """An identity of the model's trainable parameters' current values: ``(id, version)`` per
+    parameter. It changes whenever one of them is written in place or replaced."""
+    return tuple((id(p), p._version) for p in model.parameters() if p.requires_grad)
+
+
+class PromptKV:
+    """Per-layer ``(keys, values)`` of whole prompts, each ``(1, kv_heads, P, head_dim)``,
+    valid for one adapter state; a lookup under another state empties the store.
+
+    ``max_prompts`` bounds the memory (a 900-token prompt of SmolLM2-135M in bf16 is ~20 MB):
+    past it, the oldest entry goes.
+    """
+
+    def __init__(self, max_prompts: int = 64):
+        if max_prompts < 1:
+            raise ValueError(f"max_prompts must be >= 1; got {max_prompts}")
+        self.max_prompts = max_prompts
+        self._state: tuple | None = None
+        self._entries: dict[tuple, list[tuple]] = {}
+        self.hits = self.misses = 0
+
+    def _check(self, model) -> None:
+        state = adapter_state(model)
+        if state != self._state:
+            self._entries.clear()
+            self._state = state
+
+    def get(self, model, prompt: Sequence[int], length: int) -> list[tuple] | None:
+        """The layers' keys/values of the first ``length`` tokens of ``prompt`` under
+        ``model``'s current weights, or None when not stored (or the weights changed)."""
+        self._check(model)
+        layers = self._entries.get(tuple(prompt))
+        if layers is None or layers[0][0].shape[2] < length:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in layers]
+
+    def put(self, model, prompt: Sequence[int], layers: list[tuple]) -> None:
+        """Store the layers' keys/values of (a leading part of) ``prompt`` under the current weights."""
+        self._check(model)
+        key = tuple(prompt)
+        old = self._entries.pop(key, None)
+        if old is not None and old[0][0].shape[2] > layers[0][0].shape[2]:
+            layers = old  # keep the longer one
+        self._entries[key] = layers
+        while len(self._entries) > self.max_prompts:
+            self._entries.pop(next(iter(self._entries)))
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._state = None

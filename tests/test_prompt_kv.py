@@ -1,0 +1,109 @@
+"""Prompt keys/values reused across generation and the CE update while the adapter is unchanged."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cem_nas.sampler import lora as lora_sft
+from cem_nas.sampler.prompt_kv import PromptKV, adapter_state
+from tests.test_llm_sampler import CODE_A, CODE_B, DELTA_A, DELTA_B, elites_for, make_sampler, tokenizer  # noqa: F401
+
+torch.set_num_threads(1)
+
+
+def trained_looking(sampler) -> None:
+    with torch.no_grad():
+        for name, p in sampler.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)  # peft starts B at 0: give the adapter an effect on the keys/values
+
+
+def encoded_pairs(sampler) -> list:
+    pairs = [(sampler.prompt_for(CODE_A), sampler.completion_for(DELTA_A)),
+             (sampler.prompt_for(CODE_B), sampler.completion_for(DELTA_B)),
+             (sampler.prompt_for(CODE_A), sampler.completion_for(DELTA_B))]
+    return [lora_sft.encode_example(sampler.tokenizer, p, c) for p, c in pairs]
+
+
+def test_adapter_state_changes_with_every_in_place_write(tokenizer):
+    sampler = make_sampler(tokenizer)
+    before = adapter_state(sampler.model)
+    assert adapter_state(sampler.model) == before
+    lora_sft.smooth_parameters(sampler.model, lora_sft.trainable_state(sampler.model), 0.5)
+    after_smoothing = adapter_state(sampler.model)
+    assert after_smoothing != before
+    sampler.model.load_state_dict(sampler.model.state_dict())
+    assert adapter_state(sampler.model) != after_smoothing
+
+
+def test_store_crops_and_empties_when_the_adapter_changes(tokenizer):
+    sampler = make_sampler(tokenizer)
+    store = PromptKV(max_prompts=2)
+    layers = [(torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8))]
+    store.put(sampler.model, [1, 2, 3, 4, 5], layers)
+    got = store.get(sampler.model, [1, 2, 3, 4, 5], 4)
+    assert got is not None and torch.equal(got[0][0], layers[0][0][:, :, :4])
+    assert store.get(sampler.model, [1, 2, 3, 4, 5], 6) is None  # longer than stored
+    assert store.get(sampler.model, [9, 9], 1) is None
+    for extra in ([7], [8]):
+        store.put(sampler.model, extra, layers)
+    assert store.get(sampler.model, [1, 2, 3, 4, 5], 4) is None  # the oldest went past max_prompts
+    with torch.no_grad():
+        next(p for p in sampler.model.parameters() if p.requires_grad).add_(1.0)
+    assert store.get(sampler.model, [7], 1) is None  # stale: the adapter moved
+    with pytest.raises(ValueError, match="max_prompts"):
+        PromptKV(0)
+
+
+def test_nll_from_stored_prompts_equals_a_fresh_prefill(tokenizer):
+    sampler = make_sampler(tokenizer)
+    trained_looking(sampler)
+    encoded = encoded_pairs(sampler)
+    pad = tokenizer.pad_token_id
+    fresh = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", batch_size=4)
+    store = PromptKV()
+    filled = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, store)
+    assert (store.hits, store.misses) == (0, 2)  # two distinct prompts, each prefilled once
+    reused = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, store)
+    assert store.hits == 2
+    assert reused == pytest.approx(fresh, rel=1e-5) and filled == pytest.approx(fresh, rel=1e-5)
+    with torch.no_grad():
+        full, count = lora_sft.completion_nll_sum(sampler.model, encoded, pad, "cpu", prompt_grad=True)
+    assert reused == pytest.approx(float(full) / count, rel=1e-4)
+
+
+def test_generation_fills_the_store_the_update_reads_and_a_step_invalidates_it(tokenizer):
+    sampler = make_sampler(tokenizer, steps=2)
+    trained_looking(sampler)
+    sampler.generate([sampler.prompt_for(CODE_A), sampler.prompt_for(CODE_B)])
+    encoded = encoded_pairs(sampler)
+    pad = tokenizer.pad_token_id
+    expected = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4)
+    assert lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, sampler.prompt_kv) == \
+        pytest.approx(expected, rel=1e-5)
+    assert (sampler.prompt_kv.hits, sampler.prompt_kv.misses) == (2, 0)  # both prompts came from generation
+    lora_sft.train_steps(sampler.model, lambda rng: encoded, 1, 1e-2, pad, "cpu", np.random.default_rng(0),
+                         prompt_grad=False, prompt_kv=sampler.prompt_kv)
+    hits = sampler.prompt_kv.hits
+    moved = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, sampler.prompt_kv)
+    assert sampler.prompt_kv.hits == hits  # the step changed the adapter: prefilled afresh
+    assert moved == pytest.approx(lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4), rel=1e-5)
+    assert moved != pytest.approx(expected, rel=1e-3)
+
+
+def test_update_gives_the_same_adapter_with_and_without_the_store(tokenizer):
+    """The store changes the cost of an update, not its result."""
+    results = []
+    for reuse in (True, False):
+        sampler = make_sampler(tokenizer, steps=3)
+        trained_looking(sampler)
+        if not reuse:
+            sampler.prompt_kv = None  # every prompt prefilled afresh
+        sampler.generate([sampler.prompt_for(CODE_A), sampler.prompt_for(CODE_B)])
+        stats = sampler.update(elites_for(sampler))
+        results.append((stats, lora_sft.trainable_state(sampler.model)))
+    (a, theta_a), (b, theta_b) = results
+    assert a.elite_nll_before == pytest.approx(b.elite_nll_before, rel=1e-5)
+    assert a.elite_nll_after == pytest.approx(b.elite_nll_after, rel=1e-4)
+    assert all(torch.allclose(theta_a[k], theta_b[k], atol=1e-5) for k in theta_a)
