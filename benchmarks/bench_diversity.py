@@ -62,6 +62,9 @@ SETTINGS: dict[str, dict[str, str]] = {
     "hints8": {"sampler.hints.enabled": "true", "sampler.warm_start.max_changed": "8"},
     "hints8_refine": {"sampler.hints.enabled": "true", "sampler.warm_start.max_changed": "8",
                       "search.baseline_mode": "refine", "search.refine_top": "9"},
+    # a warm start over every kind of edit: do the dropout/optimizer literals crowd out the rest?
+    "balanced_warm": {"sampler.warm_start.balance": "true", "sampler.warm_start.max_changed": "8",
+                      "sampler.warm_start.corpus_size": "96", "sampler.warm_start.steps": "48"},
     "two_edit_warm": {"sampler.warm_start.max_edits": "2", "sampler.warm_start.max_changed": "8",
                       "sampler.warm_start.corpus_size": "96", "sampler.warm_start.steps": "48"},
 }

@@ -127,3 +127,21 @@ def test_hints_and_few_shot_examples_go_together(tokenizer):  # noqa: F811
         other = DELTA_B if p.baseline == "a" else DELTA_A
         code = CODE_A if p.baseline == "a" else CODE_B
         assert p.meta["hint"] in KINDS and p.prompt == sampler.prompt_for(code, [other], [p.meta["hint"]])
+
+
+def test_balanced_warm_start_without_hints(tokenizer):  # noqa: F811
+    """warm_start.balance balances the corpus on its own and is another adapter; unset, the key
+    is that of a sampler built before the field existed (no 'balance' entry in it)."""
+    from cem_nas.sampler.llm import WarmStartSettings
+
+    def sampler(balance: bool):
+        s = make_sampler(tokenizer, warm_start=WarmStartSettings(enabled=False, corpus_size=24, max_changed=8,
+                                                                 balance=balance))
+        s._corpus = None  # build the real corpus from the settings
+        return s
+
+    plain, balanced = sampler(False), sampler(True)
+    assert plain.warm_start_key() != balanced.warm_start_key()
+    kinds = Counter(corpus.first_kind(p) for p in balanced._corpus_items())
+    assert max(kinds.values()) <= math.ceil(24 / len(kinds)) + 1
+    assert kinds != Counter(corpus.first_kind(p) for p in plain._corpus_items())

@@ -120,6 +120,10 @@ class WarmStartSettings:
     """Context lines of each corpus delta (1: short completions, still enough to anchor a hunk)."""
     max_changed: int = 4
     """Drop corpus pairs whose delta removes plus adds more lines than this (0: keep all)."""
+    balance: bool = False
+    """Take the corpus pairs in turn over the kind of edit (``build_corpus(balance=True)``),
+    so that the shortest kinds (dropout and optimizer literals) do not dominate what the
+    warm-started model knows; hints always use a balanced corpus."""
     steps: int = 24
     """Optimiser steps of the warm start."""
     batch_size: int = 4
@@ -271,7 +275,7 @@ class LLMSampler:
 
             w = self.warm
             self._corpus = build_corpus(w.corpus_size, w.corpus_seed, max_edits=w.max_edits, context=w.context,
-                                        max_changed=w.max_changed or None, balance=self.hints.enabled)
+                                        max_changed=w.max_changed or None, balance=w.balance or self.hints.enabled)
         return self._corpus
 
     def few_shot_examples(self, baseline: str, rng: np.random.Generator) -> list[str]:
@@ -335,7 +339,8 @@ class LLMSampler:
             "model": self.loaded.name,
             "mode": self.mode,
             "task": [self.task.dataset, list(self.task.in_shape), self.task.num_classes],
-            "warm": asdict(self.warm) | {"cache": None, "enabled": None},
+            # balance only when set, so that the keys of unbalanced corpora stay as they were
+            "warm": {k: v for k, v in asdict(self.warm).items() if k != "balance" or v} | {"cache": None, "enabled": None},
             "lora": self.lora.adapter_fields(),
             "max_length": self.lora.max_length,
             "template": TEMPLATE_VERSION,
