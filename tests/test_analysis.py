@@ -326,6 +326,19 @@ def test_pbil_neutral_drift_refutes_convergence_as_optimality(tmp_path):
     assert text.count("**Verdict: ") == 5 and "no candidates" in text
 
 
+def test_optimality_without_a_neutral_coordinate_measured_is_not_enough_data():
+    """An LLM run stores neutral_diversity as all NaN: no drift measured, and no warning."""
+    import warnings
+
+    sim = cem.simulate_pbil([[0.0, 1.0, 2.0]] * 3, alpha=0.5, rho=0.2, iterations=5, n_samples=20, seed=3)
+    view = store_view(sim, "llm-like")
+    view["neutral_diversity"] = view["neutral_diversity"] * np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        claim = cl.optimality(as_runs(view))
+    assert claim.verdict == cl.NOT_ENOUGH and "no neutral-coordinate drift measured" in claim.summary
+
+
 def test_implied_alpha_is_not_used_as_the_known_step(geometric_run):
     # an LLM store: no residual, the alpha column holds the implied step
     ds = load(geometric_run)
