@@ -54,6 +54,11 @@ def test_store_crops_and_empties_when_the_adapter_changes(tokenizer):
     assert store.get(sampler.model, [7], 1) is None  # stale: the adapter moved
     with pytest.raises(ValueError, match="max_prompts"):
         PromptKV(0)
+    small = PromptKV(max_bytes=layers[0][0].numel() * 4 * 2 * 2)  # room for two entries of (keys, values)
+    for prompt in ([1], [2], [3]):
+        small.put(sampler.model, prompt, layers)
+    assert small.get(sampler.model, [1], 1) is None and small.get(sampler.model, [3], 1) is not None
+    assert small.nbytes() <= small.max_bytes
 
 
 def test_nll_from_stored_prompts_equals_a_fresh_prefill(tokenizer):

@@ -25,14 +25,15 @@ class PromptKV:
     """Per-layer ``(keys, values)`` of whole prompts, each ``(1, kv_heads, P, head_dim)``,
     valid for one adapter state; a lookup under another state empties the store.
 
-    ``max_prompts`` bounds the memory (a 900-token prompt of SmolLM2-135M in bf16 is ~20 MB):
-    past it, the oldest entry goes.
+    ``max_prompts`` and ``max_bytes`` bound the memory (a 900-token prompt is ~20 MB for
+    SmolLM2-135M in bf16, ~120 MB for a 7B Llama with 8 KV heads in bf16; few-shot prompts are
+    all distinct): past either, the oldest entries go.
     """
 
-    def __init__(self, max_prompts: int = 64):
-        if max_prompts < 1:
-            raise ValueError(f"max_prompts must be >= 1; got {max_prompts}")
-        self.max_prompts = max_prompts
+    def __init__(self, max_prompts: int = 64, max_bytes: int = 2 * 2**30):
+        if max_prompts < 1 or max_bytes < 1:
+            raise ValueError(f"max_prompts and max_bytes must be >= 1; got {max_prompts}, {max_bytes}")
+        self.max_prompts, self.max_bytes = max_prompts, max_bytes
         self._state: tuple | None = None
         self._entries: dict[tuple, list[tuple]] = {}
         self.hits = self.misses = 0
@@ -62,8 +63,12 @@ class PromptKV:
         if old is not None and old[0][0].shape[2] > layers[0][0].shape[2]:
             layers = old  # keep the longer one
         self._entries[key] = layers
-        while len(self._entries) > self.max_prompts:
+        while len(self._entries) > 1 and (len(self._entries) > self.max_prompts or self.nbytes() > self.max_bytes):
             self._entries.pop(next(iter(self._entries)))
+
+    def nbytes(self) -> int:
+        """Bytes the stored keys and values take."""
+        return sum(t.numel() * t.element_size() for layers in self._entries.values() for kv in layers for t in kv)
 
     def clear(self) -> None:
         self._entries.clear()
