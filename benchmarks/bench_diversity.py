@@ -57,7 +57,8 @@ SETTINGS: dict[str, dict[str, str]] = {
     "frozen": {"sampler.lora.steps": "0"},
     "no_replay": {"sampler.lora.replay_share": "0", "sampler.lora.corpus_share": "0"},
     "corpus_heavy": {"sampler.lora.replay_share": "0.25", "sampler.lora.corpus_share": "0.6"},
-    "wide_warm": {"sampler.warm_start.corpus_size": "144", "sampler.warm_start.steps": "48"},
+    # 90: at max_changed 4 only 95 distinct single-edit pairs pass the corpus filters
+    "wide_warm": {"sampler.warm_start.corpus_size": "90", "sampler.warm_start.steps": "48"},
     "hints": {"sampler.hints.enabled": "true"},
     "hints8": {"sampler.hints.enabled": "true", "sampler.warm_start.max_changed": "8"},
     "hints8_refine": {"sampler.hints.enabled": "true", "sampler.warm_start.max_changed": "8",
