@@ -69,7 +69,3 @@ class PromptKV:
     def nbytes(self) -> int:
         """Bytes the stored keys and values take."""
         return sum(t.numel() * t.element_size() for layers in self._entries.values() for kv in layers for t in kv)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._state = None
