@@ -48,6 +48,8 @@ SETTINGS: dict[str, dict[str, str]] = {
     "default": {},
     "hot": {"sampler.generation.temperature": "0.9"},
     "refine": {"search.baseline_mode": "refine", "search.refine_top": "9"},
+    # parents retire one cycle after their birth: every cycle edits files never shown before
+    "aging": {"search.baseline_mode": "refine", "search.refine_top": "10", "search.refine_age": "1"},
     "refine_hot": {"search.baseline_mode": "refine", "search.refine_top": "9", "sampler.generation.temperature": "0.9"},
     "big_step": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8"},
     "big_step_smooth": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8", "sampler.lora.smoothing": "0.3"},

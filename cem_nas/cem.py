@@ -161,7 +161,7 @@ class CEM:
     def baselines(self) -> list[Baseline]:
         """The parents of this cycle: the zoo, or in refine mode the best candidates so far."""
         if self.cfg.search.baseline_mode == "refine" and self.state.best:
-            return [Baseline(r.name, r.code) for r in self.state.best[:self.cfg.search.refine_top]]
+            return [Baseline(r.name, r.code) for r in self.parents(self.state.cycles_done)]
         return list(self.zoo)
 
     def sample(self, baselines: list[Baseline], n: int) -> list[Proposal]:
@@ -335,16 +335,28 @@ class CEM:
                     hook.close()
 
     def remember_best(self, record: CycleRecord) -> None:
-        """Keep the best valid candidates so far (iterative refinement's baselines); a repeat
-        is not kept beside its twin."""
+        """Keep the parents of the next refine cycle (see :meth:`parents`) and what may replace
+        them: the best valid candidates so far, and with ``refine_age`` every young one. A
+        repeat is not kept beside its twin."""
         for c in record.candidates:
             if c.status == "ok" and not c.twin:
                 name = candidate_name(record.cycle, c.cand)
                 self.state.best.append(Ranked(name, c.code, c.score, record.cycle))
-                self.born[name] = record.cycle
         self.state.best.sort(key=lambda r: (-r.score, r.cycle, r.name))
-        del self.state.best[max(self.cfg.search.refine_top, 1):]
+        top = max(self.cfg.search.refine_top, 1)
+        self.state.best = [r for i, r in enumerate(self.state.best) if i < top or self._young(r, record.cycle + 1)]
         self.born = {r.name: r.cycle for r in self.state.best}
+
+    def _young(self, r: Ranked, t: int) -> bool:
+        """Whether ``r`` is young enough to be a parent in cycle ``t`` (only with ``refine_age``)."""
+        age = self.cfg.search.refine_age
+        return age > 0 and t - r.cycle <= age
+
+    def parents(self, t: int) -> list[Ranked]:
+        """The refine parents of cycle ``t``: the best ``refine_top`` candidates so far, or with
+        ``refine_age`` the best still young enough, topped up with the best older ones."""
+        old = [r for r in self.state.best if not self._young(r, t)]
+        return ([r for r in self.state.best if self._young(r, t)] + old)[: self.cfg.search.refine_top]
 
     def attrs(self) -> dict[str, Any]:
         cfg = self.cfg

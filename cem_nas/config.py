@@ -83,6 +83,11 @@ class SearchSettings:
     """fixed: always the zoo baselines; refine: the best candidates so far become the baselines."""
     refine_top: int = 3
     """In refine mode, how many of the best candidates so far serve as baselines."""
+    refine_age: int = 0
+    """In refine mode, a candidate is a parent for at most this many cycles after the one it
+    was born in (the aging of regularized evolution, Real et al. 2019), so the parents keep
+    changing and with them the files a single edit can reach; when fewer than refine_top are
+    young enough, the best older ones fill the list. 0 = no aging: the best so far stay."""
     replicate_candidates: int = 12
     """Scored candidates per cycle (chosen at random) that get extra proxy runs, for the SNR
     (an ICC interval of +-0.1 needs ~11 at the default proxy's ICC; see default.toml)."""
@@ -210,6 +215,7 @@ RANGES = {
     "search.candidates": (1, None, False, False),
     "search.elite_fraction": (0.0, 1.0, True, False),
     "search.refine_top": (1, None, False, False),
+    "search.refine_age": (0, None, False, False),
     "search.replicate_candidates": (0, None, False, False),
     "search.replicate_seeds": (1, None, False, False),
     "search.novelty_threshold": (0.0, 1.0, True, False),

@@ -347,6 +347,23 @@ def test_refine_mode_uses_the_best_candidates_as_baselines(tmp_path):
     assert all(c.code.startswith(best.code) for c in second.candidates if c.code)
 
 
+def test_refine_age_retires_parents_after_their_cycles(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "7", "search.cycles": "3", "search.baseline_mode": "refine",
+                                    "search.refine_top": "2", "search.refine_age": "1", "search.novelty_threshold": "1.0"})
+    loop = open_loop(cfg, ScriptedSampler(), FakePool())
+    records = [loop.step() for _ in range(3)]
+    for prev, record in zip(records, records[1:]):
+        born = sorted((c for c in prev.candidates if c.status == "ok" and c.is_new), key=lambda c: -c.score)
+        assert len(born) == 3  # enough young ones: the older (maybe better) parents are retired
+        assert record.baselines == [f"c{prev.cycle:04d}_{c.cand:03d}" for c in born[:2]]
+    # the best of every cycle is still known, so an empty young generation falls back on it
+    best = max((c for r in records for c in r.candidates if c.status == "ok" and c.is_new), key=lambda c: c.score)
+    assert loop.parents(10)[0].score == best.score and loop.parents(10)[0].cycle < 10 - 1
+    resumed = open_loop(apply_overrides(cfg, {"run.name": "resumed"}), ScriptedSampler(), FakePool())
+    resumed.load_state_dict(loop.state_dict())
+    assert [r.name for r in resumed.parents(3)] == [r.name for r in loop.parents(3)]
+
+
 def test_no_valid_candidate_means_no_update_and_nan(tmp_path):
     class Prose(ScriptedSampler):
         def propose(self, baselines, n, rng):
