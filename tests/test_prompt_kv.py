@@ -1,6 +1,8 @@
 """Prompt keys/values reused across generation and the CE update while the adapter is unchanged."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,32 @@ def test_update_gives_the_same_adapter_with_and_without_the_store(tokenizer):
     assert a.elite_nll_before == pytest.approx(b.elite_nll_before, rel=1e-5)
     assert a.elite_nll_after == pytest.approx(b.elite_nll_after, rel=1e-4)
     assert all(torch.allclose(theta_a[k], theta_b[k], atol=1e-5) for k in theta_a)
+
+
+def test_a_pinned_store_serves_through_adapter_changes_and_empties_after(tokenizer):
+    sampler = make_sampler(tokenizer)
+    store = PromptKV()
+    layers = [(torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8))]
+    param = next(p for p in sampler.model.parameters() if p.requires_grad)
+    with store.pinned(sampler.model):
+        store.put(sampler.model, [1, 2, 3, 4, 5], layers)
+        with torch.no_grad():
+            param.add_(1.0)  # an optimiser step inside the block
+        assert store.get(sampler.model, [1, 2, 3, 4, 5], 5) is not None
+    assert store.get(sampler.model, [1, 2, 3, 4, 5], 5) is None  # the adapter moved since the block began
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_fixed_context_encodes_each_prompt_once_per_update(tokenizer, fixed):
+    sampler = make_sampler(tokenizer, steps=3)
+    sampler.lora = dataclasses.replace(sampler.lora, fixed_context=fixed)
+    trained_looking(sampler)
+    encoded = encoded_pairs(sampler)  # two distinct prompts in every step
+    store = PromptKV()
+    pad = tokenizer.pad_token_id
+    losses = lora_sft.train_steps(sampler.model, lambda rng: encoded, 3, 1e-2, pad, "cpu", np.random.default_rng(0),
+                                  prompt_grad=False, prompt_kv=store, fixed_context=fixed)
+    assert store.misses == (2 if fixed else 6)  # once per prompt, or once per prompt and step
+    assert losses[2] < losses[0]
+    exact = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4)
+    assert lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, store) == pytest.approx(exact, rel=1e-5)

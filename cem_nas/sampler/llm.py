@@ -326,10 +326,11 @@ class LLMSampler:
             self.model, encoded, self.tokenizer.pad_token_id, self.loaded.device, self.lora.batch_size, self.prompt_kv
         )
 
-    def _train(self, draw, steps: int, lr: float, bar) -> list[float]:
+    def _train(self, draw, steps: int, lr: float, bar, fixed_context: bool = False) -> list[float]:
         return lora_sft.train_steps(
             self.model, draw, steps, lr, self.tokenizer.pad_token_id, self.loaded.device, self.rng,
             self.lora.grad_clip, self.lora.prompt_grad, on_step=StepReporter(bar), prompt_kv=self.prompt_kv,
+            fixed_context=fixed_context,
         )
 
     # -- warm start -------------------------------------------------------------------
@@ -657,7 +658,7 @@ class LLMSampler:
         with self.progress.bar(self.lora.steps, "update (LoRA on the elites)", unit="step") as bar:
             before = self._nll(current, bar)
             bar.reset()
-            losses = self._train(draw, self.lora.steps, self.lora.lr, bar)
+            losses = self._train(draw, self.lora.steps, self.lora.lr, bar, self.lora.fixed_context)
             if previous is not None:
                 lora_sft.smooth_parameters(self.model, previous, self.lora.smoothing)
             after = self._nll(current, bar)

@@ -12,7 +12,8 @@ bumps) and their identities, so no caller has to remember to invalidate.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 
 def adapter_state(model) -> tuple:
@@ -36,9 +37,26 @@ class PromptKV:
         self.max_prompts, self.max_bytes = max_prompts, max_bytes
         self._state: tuple | None = None
         self._entries: dict[tuple, list[tuple]] = {}
+        self._pinned = False
         self.hits = self.misses = 0
 
+    @contextmanager
+    def pinned(self, model) -> Iterator["PromptKV"]:
+        """Within the block the entries stay valid whatever happens to the adapter: each
+        prompt keeps the keys/values of the adapter under which it was first prefilled (the
+        CE update's fixed context, ``LoRASettings.fixed_context``). After the block, the
+        first lookup under an adapter that has moved since the entry empties the store, so
+        a prompt prefilled under a later adapter inside the block is never served outside it."""
+        self._check(model)
+        self._pinned = True
+        try:
+            yield self
+        finally:
+            self._pinned = False
+
     def _check(self, model) -> None:
+        if self._pinned:
+            return
         state = adapter_state(model)
         if state != self._state:
             self._entries.clear()
