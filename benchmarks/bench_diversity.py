@@ -50,6 +50,9 @@ SETTINGS: dict[str, dict[str, str]] = {
     "refine": {"search.baseline_mode": "refine", "search.refine_top": "9"},
     # parents retire one cycle after their birth: every cycle edits files never shown before
     "aging": {"search.baseline_mode": "refine", "search.refine_top": "10", "search.refine_age": "1"},
+    # and no-ops (the parent already holds the edit the model knows) drawn again
+    "aging_redraw": {"search.baseline_mode": "refine", "search.refine_top": "10", "search.refine_age": "1",
+                     "sampler.generation.redraw_unchanged": "4"},
     "refine_hot": {"search.baseline_mode": "refine", "search.refine_top": "9", "sampler.generation.temperature": "0.9"},
     "big_step": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8"},
     "big_step_smooth": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8", "sampler.lora.smoothing": "0.3"},

@@ -194,7 +194,7 @@ class CEM:
                       response=p.response, delta=p.delta or "", prompt_tokens=p.prompt_tokens,
                       completion_tokens=p.completion_tokens, gen_seconds=p.gen_seconds,
                       delta_lines=count_lines(p.delta) if p.delta else 0, stop_reason=p.stop_reason,
-                      hint=str(p.meta.get("hint", "")))
+                      hint=str(p.meta.get("hint", "")), redraws=int(p.meta.get("redraws", 0)))
         parent = by_name[p.baseline].code
         if self.sampler.mode == "delta":
             if p.delta is None:

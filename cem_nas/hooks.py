@@ -54,6 +54,7 @@ class Candidate:
     twin: str = ""  # name of the archived architecture this is a repeat of; "" when it is none
     inherited: EvalResult | None = None  # the twin's scoring result, in either reading
     hint: str = ""  # the kind of edit the prompt asked for (cem_nas.sampler.hints); "" without hints
+    redraws: int = 0  # draws the sampler discarded before this one because they left the parent unchanged
 
     @property
     def score_source(self) -> str:

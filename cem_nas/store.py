@@ -58,6 +58,8 @@ CANDIDATE_VARIABLES = {
     "twin": ("", "name of the archived architecture (candidate or zoo baseline) this one repeats; empty when none"),
     "score_source": ("", "where the score came from: proxy (trained), archive (the twin's), empty (no score)"),
     "hint": ("", "the kind of edit the prompt asked for (sampler.hints); empty without hints"),
+    "redraws": ("count", "draws the sampler discarded for this proposal because they left its parent unchanged "
+                         "(sampler.generation.redraw_unchanged); -1 in stores written before it existed"),
 }
 
 
@@ -132,7 +134,7 @@ def cycle_dataset(record: CycleRecord, hook_values: dict[str, Any],
     cols["flops"] = np.array([c.first("flops", -1) for c in cands], dtype=np.int64)
     cols["train_seconds"] = np.array([c.first("train_seconds", np.nan) for c in cands], dtype=float)
     cols["gen_seconds"] = np.array([c.gen_seconds for c in cands], dtype=float)
-    for name in ("prompt_tokens", "completion_tokens", "delta_lines", "code_lines"):
+    for name in ("prompt_tokens", "completion_tokens", "delta_lines", "code_lines", "redraws"):
         cols[name] = np.array([getattr(c, name) for c in cands], dtype=np.int64)
     cols["is_elite"] = np.array([c.is_elite for c in cands], dtype=bool)
     cols["is_new"] = np.array([c.is_new for c in cands], dtype=bool)
@@ -274,13 +276,14 @@ def load(run_dir: str | Path) -> xr.Dataset:
         return parts[0]
     # cand and rep lengths may differ between cycles: outer join pads with NaN / fill values
     return xr.concat(parts, dim="cycle", data_vars="minimal", coords="minimal", join="outer",
-                     combine_attrs="override", fill_value=_fill_values(parts[0]))
+                     combine_attrs="override", fill_value=_fill_values(parts))
 
 
-def _fill_values(ds: xr.Dataset) -> dict[str, Any]:
-    """Padding per variable type: "" for text, -1 for integers, False for flags, NaN else."""
+def _fill_values(parts: list[xr.Dataset]) -> dict[str, Any]:
+    """Padding per variable type: "" for text, -1 for integers, False for flags, NaN else;
+    over the variables of every part (a cycle written before a variable existed lacks it)."""
     fills: dict[str, Any] = {}
-    for name, var in ds.data_vars.items():
+    for name, var in ((n, v) for ds in parts for n, v in ds.data_vars.items()):
         kind = var.dtype.kind
         fills[name] = "" if kind in "OUS" else -1 if kind in "iu" else False if kind == "b" else np.nan
     return fills

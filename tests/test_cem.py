@@ -364,6 +364,18 @@ def test_refine_age_retires_parents_after_their_cycles(tmp_path):
     assert [r.name for r in resumed.parents(3)] == [r.name for r in loop.parents(3)]
 
 
+def test_the_sampler_s_discarded_draws_are_stored_per_candidate(tmp_path):
+    class Redrawn(ScriptedSampler):
+        def propose(self, baselines, n, rng):
+            out = super().propose(baselines, n, rng)
+            out[-1].meta["redraws"] = 2
+            return out
+
+    loop = open_loop(small_config(tmp_path, **{"search.cycles": "1"}), Redrawn(), FakePool())
+    loop.run()
+    assert load(loop.store.root).redraws.values[0].tolist() == [0] * 5 + [2]
+
+
 def test_no_valid_candidate_means_no_update_and_nan(tmp_path):
     class Prose(ScriptedSampler):
         def propose(self, baselines, n, rng):

@@ -327,3 +327,31 @@ def test_few_shot_prompts_show_other_baselines_deltas(tokenizer):
     assert "Examples" not in plain.prompt_for(CODE_A)
     with pytest.raises(ValueError, match="few_shot"):
         GenerationSettings(few_shot=-1)
+
+
+NOOP_A = "--- a/net.py\n+++ b/net.py\n@@ -3,2 +3,2 @@\n     def forward(self, x):\n-        return x\n+        return x\n"
+
+
+@pytest.mark.parametrize("rounds", [0, 1, 3])
+def test_redraw_unchanged_draws_no_ops_again_and_keeps_failures(tokenizer, rounds):
+    """A no-op is drawn again (up to ``rounds`` times) from its own prompt; a response without a diff is kept."""
+    from cem_nas.sampler.llm import Generated, leaves_parent
+
+    sampler = make_sampler(tokenizer, generation=GenerationSettings(max_new_tokens=12, batch_size=8,
+                                                                    redraw_unchanged=rounds))
+    calls = []
+
+    def scripted(prompts):  # the a-rows answer a no-op twice, then a real edit; b-rows never give a diff
+        calls.append(len(prompts))
+        a_text = f"```diff\n{NOOP_A if len(calls) <= 2 else DELTA_A}```"
+        return [Generated(a_text if "return x" in p else "no diff here", 10, 5, "fence") for p in prompts]
+
+    sampler.generate = scripted
+    base = [Baseline("a", CODE_A), Baseline("b", CODE_B)]
+    proposals = sampler.propose(base, 4, np.random.default_rng(0))
+    a_rows = [p for p in proposals if p.baseline == "a"]
+    assert len(a_rows) == 2 and all(p.delta is None for p in proposals if p.baseline == "b")
+    assert calls == [4] + [2] * min(rounds, 2)  # only the no-op rows are drawn again
+    assert all(p.meta.get("redraws", 0) == min(rounds, 2) for p in a_rows)
+    assert all(leaves_parent(p, CODE_A) for p in a_rows) == (rounds < 2)
+    assert all(p.meta.get("redraws", 0) == 0 for p in proposals if p.baseline == "b")

@@ -92,6 +92,15 @@ class GenerationSettings:
     the embedded model and the default warm start (trained without examples): 2 examples
     cut the share of 50 deltas that apply and build from 0.58 to 0.08, the model copying
     the examples' context lines. Meant for larger models or a warm start with examples."""
+    redraw_unchanged: int = 0
+    """Rounds in which a proposal that leaves its parent unchanged (its delta applies and
+    changes nothing, or its file is the parent's) is drawn again from the same prompt: the
+    sampler then draws from p_theta restricted to answers that change their parent, by
+    acceptance-rejection (as for a CE density truncated to a feasible set: Rubinstein &
+    Kroese, The Cross-Entropy Method, 2004). A no-op proposes no architecture; answers
+    that do not parse or apply are kept, so format failures stay visible. What remains
+    unchanged after the last round is kept; every proposal counts its discarded draws
+    (store variable ``redraws``). 0 keeps every first draw."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.batch_size < 1:
@@ -102,6 +111,8 @@ class GenerationSettings:
             raise ValueError(f"few_shot must be >= 0; got {self.few_shot}")
         if self.max_new_tokens < 1 or self.max_new_tokens_full < 1:
             raise ValueError(f"max_new_tokens and max_new_tokens_full must be >= 1; got {self}")
+        if self.redraw_unchanged < 0:
+            raise ValueError(f"redraw_unchanged is a number of rounds >= 0; got {self.redraw_unchanged}")
 
 
 @dataclass
@@ -181,6 +192,22 @@ def _update_stats(losses: list[float], nll_before: float, nll_after: float, exam
         examples=examples,
         seconds=time.perf_counter() - t0,
     )
+
+
+def leaves_parent(proposal: Proposal, parent: str) -> bool:
+    """Whether ``proposal``'s answer builds ``parent`` itself: its file is the parent's, or
+    its delta is empty or applies and changes nothing. An answer that does not parse or
+    apply is not a no-op (it is a failure of its own)."""
+    from cem_nas.delta import DeltaError, apply_delta
+
+    if proposal.code is not None:
+        return proposal.code == parent
+    if proposal.delta is None:
+        return False
+    try:
+        return not proposal.delta or apply_delta(parent, proposal.delta, complete=proposal.complete).code == parent
+    except DeltaError:
+        return False
 
 
 def _slug(text: str) -> str:
@@ -594,27 +621,43 @@ class LLMSampler:
         slots = sorted(range(n), key=lambda i: assigned[i])  # equal prompts share a batch: less padding
         seed = int(rng.integers(2**62))
         proposals: list[Proposal | None] = [None] * n
-        size = self.generation.batch_size
         devices = [torch.device(self.loaded.device).index or 0] if self.loaded.device.startswith("cuda") else []
+        names = [baselines[b].name for b in assigned]
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            for start in range(0, n, size):
-                batch = slots[start : start + size]
-                t0 = time.perf_counter()
-                outs = self.generate([prompts[i] for i in batch])
-                seconds = time.perf_counter() - t0
-                for i, out in zip(batch, outs):
-                    delta, code, meta = self._extract(out.text, out.stop_reason)
-                    meta |= {"seed": seed, "batch_seconds": seconds, "batch_size": len(batch)}
-                    if kinds[i]:
-                        meta["hint"] = kinds[i]
-                    proposals[i] = Proposal(
-                        baseline=baselines[assigned[i]].name, prompt=prompts[i], response=out.text,
-                        delta=delta, code=code, prompt_tokens=out.prompt_tokens,
-                        completion_tokens=out.completion_tokens, gen_seconds=seconds / len(batch),
-                        stop_reason=out.stop_reason, meta=meta, complete=True if delta is not None else None,
-                    )
+            self._draw(slots, prompts, names, kinds, seed, proposals)
+            for _ in range(self.generation.redraw_unchanged):
+                again = [i for i in slots if leaves_parent(proposals[i], baselines[assigned[i]].code)]
+                if not again:
+                    break
+                redraws = {i: proposals[i].meta.get("redraws", 0) + 1 for i in again}
+                self._draw(again, prompts, names, kinds, seed, proposals)
+                for i, k in redraws.items():
+                    proposals[i].meta["redraws"] = k
         return proposals  # type: ignore[return-value]
+
+    def _draw(self, slots: list[int], prompts: list[str], names: list[str], kinds: list[str], seed: int,
+              proposals: list) -> None:
+        """Generate one answer for each slot in ``slots`` (batches of ``generation.batch_size``)
+        and put its proposal in ``proposals[slot]``."""
+        size = self.generation.batch_size
+        for start in range(0, len(slots), size):
+            batch = slots[start : start + size]
+            t0 = time.perf_counter()
+            outs = self.generate([prompts[i] for i in batch])
+            seconds = time.perf_counter() - t0
+            for i, out in zip(batch, outs):
+                delta, code, meta = self._extract(out.text, out.stop_reason)
+                meta |= {"seed": seed, "batch_seconds": seconds, "batch_size": len(batch)}
+                if kinds[i]:
+                    meta["hint"] = kinds[i]
+                spent = proposals[i].gen_seconds if proposals[i] is not None else 0.0
+                proposals[i] = Proposal(
+                    baseline=names[i], prompt=prompts[i], response=out.text,
+                    delta=delta, code=code, prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens, gen_seconds=spent + seconds / len(batch),
+                    stop_reason=out.stop_reason, meta=meta, complete=True if delta is not None else None,
+                )
 
     # -- the CE update -------------------------------------------------------------------
     @property
