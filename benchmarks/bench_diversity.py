@@ -53,6 +53,9 @@ SETTINGS: dict[str, dict[str, str]] = {
     # and no-ops (the parent already holds the edit the model knows) drawn again
     "aging_redraw": {"search.baseline_mode": "refine", "search.refine_top": "10", "search.refine_age": "1",
                      "sampler.generation.redraw_unchanged": "4"},
+    # the same, never updated: is it the CE update, or the model's repertoire?
+    "aging_frozen": {"search.baseline_mode": "refine", "search.refine_top": "10", "search.refine_age": "1",
+                     "sampler.generation.redraw_unchanged": "4", "sampler.lora.steps": "0"},
     "refine_hot": {"search.baseline_mode": "refine", "search.refine_top": "9", "sampler.generation.temperature": "0.9"},
     "big_step": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8"},
     "big_step_smooth": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8", "sampler.lora.smoothing": "0.3"},
