@@ -355,3 +355,12 @@ def test_redraw_unchanged_draws_no_ops_again_and_keeps_failures(tokenizer, round
     assert all(p.meta.get("redraws", 0) == min(rounds, 2) for p in a_rows)
     assert all(leaves_parent(p, CODE_A) for p in a_rows) == (rounds < 2)
     assert all(p.meta.get("redraws", 0) == 0 for p in proposals if p.baseline == "b")
+
+
+def test_the_warm_start_key_changes_with_the_training_path(tokenizer, monkeypatch):
+    """An adapter cached by an earlier training path is not taken for this one's."""
+    sampler = make_sampler(tokenizer)
+    key = sampler.warm_start_key()
+    assert make_sampler(tokenizer).warm_start_key() == key
+    monkeypatch.setattr(lora_sft, "TRAINER_VERSION", lora_sft.TRAINER_VERSION + 1)
+    assert sampler.warm_start_key() != key

@@ -372,6 +372,7 @@ class LLMSampler:
             "lora": self.lora.adapter_fields(),
             "max_length": self.lora.max_length,
             "template": TEMPLATE_VERSION,
+            "trainer": lora_sft.TRAINER_VERSION,
             "corpus": None if self._corpus is None else hashlib.sha256(repr(self._corpus).encode()).hexdigest(),
         }
         if self.loaded.dtype != "float32":  # trained in another dtype: another adapter (fp32 keys unchanged)

@@ -15,6 +15,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 IGNORE = -100  # label that cross_entropy skips (prompt and padding positions)
+#: Version of the training path (the loss and how its prompts are encoded), part of the
+#: warm-start cache key: the same seed and settings train another adapter when it changes.
+#: 2 (2026-12-02): prompts prefilled in eval mode with the adapter folded, no dropout on them.
+TRAINER_VERSION = 2
 log = logging.getLogger(__name__)
 
 
