@@ -143,3 +143,28 @@ def test_fixed_context_encodes_each_prompt_once_per_update(tokenizer, fixed):
     assert losses[2] < losses[0]
     exact = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4)
     assert lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, store) == pytest.approx(exact, rel=1e-5)
+
+
+def test_the_adapter_is_folded_only_when_a_prompt_is_prefilled(tokenizer, monkeypatch):
+    sampler = make_sampler(tokenizer)
+    trained_looking(sampler)
+    encoded = encoded_pairs(sampler)
+    pad = tokenizer.pad_token_id
+    folds = []
+    real = lora_sft.lora_folded
+
+    def counted(model):
+        folds.append(1)
+        return real(model)
+
+    monkeypatch.setattr(lora_sft, "lora_folded", counted)
+    store = PromptKV()
+    filled = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, store)
+    assert len(folds) >= 1  # two prompts to prefill
+    folds.clear()
+    reused = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, store)
+    assert folds == [] and store.hits == 2  # both stored: the completions run with the adapter branches
+    assert reused == pytest.approx(filled, rel=1e-5)
+    lora_sft.train_steps(sampler.model, lambda rng: encoded, 1, 1e-2, pad, "cpu", np.random.default_rng(0),
+                         prompt_grad=False, prompt_kv=store, fixed_context=True)
+    assert folds == []  # the step found both prompts stored

@@ -222,33 +222,34 @@ def _prompt_caches(model, prompts: Sequence[tuple], k: Sequence[int], device, pr
     1,000-token prompt, SmolLM2-135M in bf16, 2 threads, quiet 2-core box, 2026-12-02).
     Only the last position's logits are computed. A prompt already in
     ``prompt_kv`` (a :class:`~cem_nas.sampler.prompt_kv.PromptKV`: prefilled under the same
-    adapter, e.g. by this cycle's generation) is not prefilled again; new ones are added.
+    adapter, e.g. by this cycle's generation) is not prefilled again, new ones are added,
+    and when every prompt is stored the adapter is not folded at all.
     """
     import torch
     from transformers import DynamicCache
 
-    was_training = model.training
-    caches = []
-    try:
-        model.eval()
-        with torch.no_grad(), lora_folded(model):
-            for prompt, copies in zip(prompts, k):
-                if len(prompt) < 2:
-                    caches.append(None)
-                    continue
-                layers = prompt_kv.get(model, prompt, len(prompt) - 1) if prompt_kv is not None else None
-                if layers is None:
-                    ids = torch.tensor([prompt[:-1]], device=device)
-                    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-                    layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+    stored = [prompt_kv.get(model, p, len(p) - 1) if prompt_kv is not None and len(p) > 1 else None for p in prompts]
+    missing = [j for j, p in enumerate(prompts) if stored[j] is None and len(p) > 1]
+    if missing:  # folding copies every adapted weight: only worth it for a prefill
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad(), lora_folded(model):
+                for j in missing:
+                    out = model(input_ids=torch.tensor([prompts[j][:-1]], device=device), use_cache=True, logits_to_keep=1)
+                    stored[j] = [(layer.keys, layer.values) for layer in out.cache.layers]
                     if prompt_kv is not None:
-                        prompt_kv.put(model, prompt, layers)
-                cache = DynamicCache(config=model.config)
-                for i, (keys, values) in enumerate(layers):
-                    cache.update(keys.repeat_interleave(copies, 0), values.repeat_interleave(copies, 0), i)
-                caches.append(cache)
-    finally:
-        model.train(was_training)
+                        prompt_kv.put(model, prompts[j], stored[j])
+        finally:
+            model.train(was_training)
+    caches = []
+    for layers, copies in zip(stored, k):
+        cache = None
+        if layers is not None:
+            cache = DynamicCache(config=model.config)
+            for i, (keys, values) in enumerate(layers):
+                cache.update(keys.repeat_interleave(copies, 0), values.repeat_interleave(copies, 0), i)
+        caches.append(cache)
     return caches
 
 
@@ -315,16 +316,20 @@ def mean_completion_nll(model, encoded: Sequence, pad_id: int, device, batch_siz
     """Mean NLL per completion token (nats) of ``encoded`` examples, without gradients.
 
     ``mean = sum_i sum_t nll_it / sum_i T_i`` (pooled over tokens, as the training loss).
-    Uses the shared-prompt path: without gradients it gives the same value, cheaper.
+    Uses the shared-prompt path: without gradients it gives the same value, cheaper. The
+    adapter is folded into the weights only when a prompt has to be prefilled: for the
+    completions alone, copying every adapted weight costs more than the adapter branches.
     """
     import torch
 
     if not encoded:
         return float("nan")
+    prompts = {tuple(ids[: prompt_length(labels)]) for ids, labels in encoded}
+    fold = prompt_kv is None or not all(prompt_kv.holds(model, p, len(p) - 1) for p in prompts)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), lora_folded(model):
+    with torch.no_grad(), (lora_folded(model) if fold else nullcontext()):
         for start in range(0, len(encoded), batch_size):
             s, n = completion_nll_sum(model, encoded[start : start + batch_size], pad_id, device, False, prompt_kv)
             total, count = total + float(s), count + n

@@ -73,6 +73,12 @@ class PromptKV:
         self.hits += 1
         return [(k[:, :, :length], v[:, :, :length]) for k, v in layers]
 
+    def holds(self, model, prompt: Sequence[int], length: int) -> bool:
+        """Whether :meth:`get` would return the first ``length`` tokens' keys/values (not counted)."""
+        self._check(model)
+        layers = self._entries.get(tuple(prompt))
+        return layers is not None and layers[0][0].shape[2] >= length
+
     def put(self, model, prompt: Sequence[int], layers: list[tuple]) -> None:
         """Store the layers' keys/values of (a leading part of) ``prompt`` under the current weights."""
         self._check(model)
