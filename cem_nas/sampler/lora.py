@@ -56,9 +56,11 @@ class LoRASettings:
     step's adapter (the exact loss of each step, one prefill per distinct prompt and step).
     The warm start always re-encodes. ``python -m benchmarks.bench_generation --update-only
     --step-rows`` (default.toml, bf16, 2 threads, quiet, 2026-12-02; 3 updates per path on
-    the same batches): 11.9 s against 12.6 s re-encoded (medians), the elites' exact NLL
-    after the update within 0.6% of the re-encoded one's. The saving is one prefill per
-    distinct prompt of every step after the first, so it grows with lora.steps."""
+    the same batches, medians; three runs): 11.9 / 9.0 / 10.9 s against 12.6 / 10.4 / 10.8 s
+    re-encoded, the elites' exact NLL after the update within 0.6% of the re-encoded one's.
+    The saving is one prefill per distinct prompt of every step after the first, so it grows
+    with lora.steps and with the prompts a step draws (3 elites of other baselines, same
+    batches both ways: 9.9 s against 13.4 s at 2 steps, 33.7 against 46.0 s at 8)."""
     prompt_grad: bool = False
     """Backpropagate through the prompt positions too. False (default) encodes each
     distinct prompt once without gradient and trains through the completion positions
