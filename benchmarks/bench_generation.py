@@ -190,9 +190,10 @@ def main() -> None:
     old_gen = dataclasses.replace(cfg.generation, decoder="hf", batch_size=args.old_batch)
     new = LLMSampler(TASK, load_model(cfg.model, "cpu", dtype=cfg.dtype), lora=cfg.lora, generation=new_gen,
                      warm_start=cfg.warm_start, seed=args.seed)
-    # the old path re-encoded every prompt in every pass and step
+    # the old path re-encoded every prompt in every pass and step, with the adapter's dropout
     old = LLMSampler(TASK, load_model(cfg.model, "cpu", dtype="float32"),
-                     lora=dataclasses.replace(cfg.lora, fixed_context=False), generation=old_gen,
+                     lora=dataclasses.replace(cfg.lora, fixed_context=False, update_dropout=cfg.lora.dropout),
+                     generation=old_gen,
                      warm_start=dataclasses.replace(cfg.warm_start, enabled=False), seed=args.seed)
     print(f"new: {new.describe()}\nold: {old.describe()}", flush=True)
     warm_dir = new.warm_start_dir()  # before the warm start: building the corpus changes the key

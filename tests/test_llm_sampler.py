@@ -364,3 +364,23 @@ def test_the_warm_start_key_changes_with_the_training_path(tokenizer, monkeypatc
     assert make_sampler(tokenizer).warm_start_key() == key
     monkeypatch.setattr(lora_sft, "TRAINER_VERSION", lora_sft.TRAINER_VERSION + 1)
     assert sampler.warm_start_key() != key
+
+
+@pytest.mark.parametrize("update_dropout", [0.0, 0.1])
+def test_the_update_runs_with_its_own_lora_dropout(tokenizer, update_dropout):
+    sampler = LLMSampler(
+        TASK, tiny_model(tokenizer), lora=LoRASettings(rank=4, alpha=8, dropout=0.2, update_dropout=update_dropout,
+                                                       steps=1, batch_size=2),
+        generation=GenerationSettings(max_new_tokens=12, batch_size=3), warm_start=WarmStartSettings(enabled=False),
+        corpus=CORPUS, seed=1,
+    )
+    drops = [m for name, m in sampler.model.named_modules() if "lora_dropout" in name and isinstance(m, torch.nn.Dropout)]
+    seen = []
+    handles = [d.register_forward_pre_hook(lambda m, args: seen.append((m.p, m.training))) for d in drops]
+    sampler.update(elites_for(sampler))
+    for h in handles:
+        h.remove()
+    assert drops and {p for p, training in seen if training} == {update_dropout}  # every training forward
+    assert all(d.p == 0.2 for d in drops)  # the adapter's own dropout is back after the update
+    with pytest.raises(ValueError, match="update_dropout"):
+        LoRASettings(dropout=0.0, update_dropout=0.1)

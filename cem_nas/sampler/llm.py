@@ -702,7 +702,8 @@ class LLMSampler:
         with self.progress.bar(self.lora.steps, "update (LoRA on the elites)", unit="step") as bar:
             before = self._nll(current, bar)
             bar.reset()
-            losses = self._train(draw, self.lora.steps, self.lora.lr, bar, self.lora.fixed_context)
+            with lora_sft.lora_dropout(self.model, self.lora.update_dropout):
+                losses = self._train(draw, self.lora.steps, self.lora.lr, bar, self.lora.fixed_context)
             if previous is not None:
                 lora_sft.smooth_parameters(self.model, previous, self.lora.smoothing)
             after = self._nll(current, bar)

@@ -35,7 +35,16 @@ class LoRASettings:
     alpha: float = 32.0
     """LoRA scaling numerator: the update is scaled by alpha / rank."""
     dropout: float = 0.05
-    """Dropout on the LoRA branch input during training."""
+    """Dropout on the LoRA branch input during training (the warm start; the CE update
+    uses update_dropout)."""
+    update_dropout: float = 0.0
+    """Dropout on the LoRA branch input during the CE update's steps; at most ``dropout``
+    (peft builds no dropout module when that is 0). 0 by default: a 2-step update smoothed
+    toward theta_t and mixed with corpus pairs needs no more noise, and on CPU the dropout
+    masks are a fifth of a step's forward (``aten::bernoulli_``, torch.profiler). Measured
+    with 4 updates from the same warm-started adapter on the same batches (3 elites each,
+    default.toml, bf16, 2 threads, quiet, 2026-12-02): 8.5 s against 11.0 s with 0.05
+    (medians), the elites' NLL after the update within 3% either way."""
     target_modules: list[str] = field(default_factory=_default_targets)
     """Names of the linear modules that get adapters (Llama/Qwen/Mistral naming)."""
     lr: float = 2e-4
@@ -85,6 +94,11 @@ class LoRASettings:
             raise ValueError(
                 "replay_share and corpus_share must be >= 0 with a sum below 1 (the rest are this "
                 f"cycle's elites); got {self.replay_share} and {self.corpus_share}"
+            )
+        if not 0 <= self.update_dropout <= self.dropout < 1:
+            raise ValueError(
+                f"LoRASettings needs 0 <= update_dropout <= dropout < 1 (peft builds no dropout when dropout is 0); "
+                f"got update_dropout={self.update_dropout}, dropout={self.dropout}"
             )
         if not 0 < self.smoothing <= 1:
             raise ValueError(f"smoothing is the CE step alpha in (0, 1] (1: no smoothing); got {self.smoothing}")
@@ -145,6 +159,26 @@ def lora_folded(model) -> Iterator[None]:
         for m, base, original in swapped:
             m._disable_adapters = False
             base.weight.data = original
+
+
+@contextmanager
+def lora_dropout(model, p: float) -> Iterator[None]:
+    """Run ``model`` (a peft model) with every LoRA branch's dropout probability set to ``p``;
+    afterwards each is put back."""
+    import torch
+
+    from peft.tuners.lora import LoraLayer
+
+    drops = [d for m in model.modules() if isinstance(m, LoraLayer)
+             for d in m.lora_dropout.values() if isinstance(d, torch.nn.Dropout)]
+    before = [d.p for d in drops]
+    try:
+        for d in drops:
+            d.p = p
+        yield
+    finally:
+        for d, q in zip(drops, before):
+            d.p = q
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
