@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_diversity import parse_setting
 from benchmarks.bench_generation import TASK
 from cem_nas import config as C
 from cem_nas import zoo
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--common", default="", metavar="FIELD=VALUE,...", help="config overrides (cem_run's fields)")
     args = parser.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.common.split(",") if item)
+    overrides = parse_setting(f"common:{args.common}")[1]
     cfg = C.validate(C.apply_overrides(C.load_toml(args.config), overrides))
     print(f"load average before: {os.getloadavg()}", flush=True)
     sampler = build_sampler(cfg, TASK)

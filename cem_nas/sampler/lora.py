@@ -436,13 +436,14 @@ def train_steps(
     if not params:
         raise ValueError("the model has no trainable parameters; wrap it with a LoRA adapter first")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    if fixed_context and not prompt_grad:
+    pin = fixed_context and not prompt_grad
+    if pin and prompt_kv is None:
         from cem_nas.sampler.prompt_kv import PromptKV
 
-        prompt_kv = prompt_kv if prompt_kv is not None else PromptKV()
+        prompt_kv = PromptKV()
     losses = []
     devices = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
-    pinned = prompt_kv.pinned(model) if fixed_context and not prompt_grad else nullcontext()
+    pinned = prompt_kv.pinned(model) if pin else nullcontext()
     with torch.random.fork_rng(devices=devices), pinned:
         torch.manual_seed(int(rng.integers(2**62)))
         model.train()

@@ -65,13 +65,11 @@ class PromptKV:
     def get(self, model, prompt: Sequence[int], length: int) -> list[tuple] | None:
         """The layers' keys/values of the first ``length`` tokens of ``prompt`` under
         ``model``'s current weights, or None when not stored (or the weights changed)."""
-        self._check(model)
-        layers = self._entries.get(tuple(prompt))
-        if layers is None or layers[0][0].shape[2] < length:
+        if not self.holds(model, prompt, length):
             self.misses += 1
             return None
         self.hits += 1
-        return [(k[:, :, :length], v[:, :, :length]) for k, v in layers]
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in self._entries[tuple(prompt)]]
 
     def holds(self, model, prompt: Sequence[int], length: int) -> bool:
         """Whether :meth:`get` would return the first ``length`` tokens' keys/values (not counted)."""
