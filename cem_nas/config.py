@@ -105,8 +105,9 @@ class SamplerSettings:
     kind: str = "llm"
     """Sampling distribution: llm (LoRA-tuned code LLM), grammar (exact CEM control) or random (uniform over the
     grammar, never updated: random search at an equal budget)."""
-    model: str = "smollm2"
-    """LLM: 'smollm2' (embedded SmolLM2-135M-Instruct), a hub id or a local path."""
+    model: str = "qwen2.5-coder-0.5b"
+    """LLM: an embedded model (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, smollm2: `python -m
+    cem_nas.sampler.embedded list`), a Hugging Face hub id or a local checkpoint path."""
     mode: str = "delta"
     """LLM output: delta (unified diff against the baseline) or full (whole file)."""
     device: str = "auto"

@@ -89,16 +89,18 @@ def _hub_host() -> str:
 
 def model_problem(cfg: Any) -> str | None:
     """The LLM is neither embedded, nor a local directory, nor cached, nor reachable on the hub."""
-    from cem_nas.sampler.model import EMBEDDED_ALIASES, ModelNotAvailable, embedded_gguf
+    from cem_nas.sampler.embedded import lookup, missing_parts
 
     if cfg.sampler.kind != "llm":
         return None
     model = cfg.sampler.model
-    if model.lower() in EMBEDDED_ALIASES:
-        try:
-            embedded_gguf()
-        except ModelNotAvailable as err:
-            return str(err)
+    embedded = lookup(model)
+    if embedded is not None:
+        missing = missing_parts(embedded)
+        if missing:
+            return (f"sampler.model = {model!r} is an embedded model whose packages are not all installed "
+                    f"({len(missing)} of {len(embedded.parts)} missing, first {missing[0].package}=="
+                    f"{missing[0].version}): install them with `{embedded.install_command()}`")
         return None
     if Path(model).expanduser().exists():
         return None
@@ -115,7 +117,7 @@ def model_problem(cfg: Any) -> str | None:
     why = "HF_HUB_OFFLINE is set" if offline else f"this machine cannot reach {host}"
     return (f"sampler.model = {model!r} is a hub id that is not in the local cache and {why}: download it "
             "on a machine with network (huggingface-cli download ID) and pass its directory as --model, "
-            "or use the embedded model (--model smollm2)")
+            "or use an embedded model (--model qwen2.5-coder-0.5b)")
 
 
 def package_problems(cfg: Any) -> list[str]:

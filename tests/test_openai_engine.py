@@ -55,7 +55,7 @@ def server(tmp_path_factory):
     # a file, not a pipe: llama.cpp logs more while loading than a pipe buffer holds, and
     # a full pipe would block the server
     log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf("smollm2")), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"

@@ -24,7 +24,7 @@ def test_paper_config_stops_early_with_one_line_per_problem(tmp_path, offline, c
     assert rc == 2 and all(line.startswith("error: ") for line in err)
     text = "\n".join(err)
     assert "dataset 'cifar10' must be downloaded" in text and "--root" in text
-    assert "deepseek-ai/deepseek-coder-6.7b-instruct" in text and "--model smollm2" in text
+    assert "deepseek-ai/deepseek-coder-6.7b-instruct" in text and "--model qwen2.5-coder-0.5b" in text
     assert "sampler.device = 'cuda'" in text and "proxy.device = 'cuda'" in text
     assert "Traceback" not in text and not (tmp_path / "runs").exists()  # nothing was started
 

