@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cem_nas import zoo
-from cem_nas.delta import DeltaError, apply_delta
+from cem_nas.build import build
 from cem_nas.novelty import NoveltyArchive
 from cem_nas.records import Baseline, Elite, TaskSpec
 from cem_nas.sandbox import check_policy
@@ -34,24 +34,17 @@ from cem_nas.sampler.model import load_model
 TASK = TaskSpec("mnist5k", (1, 28, 28), 10)
 
 
-def outcome(proposal, baseline: Baseline) -> tuple[str, str | None]:
-    """(status, code) of a proposal: parse_error, apply_error, unchanged, build_error or ok."""
-    if proposal.delta is None and proposal.code is None:
-        return "parse_error", None
-    code = proposal.code
-    if proposal.delta is not None:
-        try:
-            code = apply_delta(baseline.code, proposal.delta).code
-        except DeltaError:
-            return "apply_error", None
-    if code.strip() == baseline.code.strip():
-        return "unchanged", code
+def outcome(proposal, baseline: Baseline, mode: str, scope: str = "architecture") -> tuple[str, str | None]:
+    """(status, code) of a proposal: a status of :func:`cem_nas.build.build`, build_error, or ok."""
+    built = build(baseline.code, proposal, mode, scope)
+    if built.status:
+        return built.status, built.code
     try:
-        check_policy(code)
-        zoo.check_output(zoo.build(code, TASK.in_shape, TASK.num_classes), TASK.in_shape, TASK.num_classes)
+        check_policy(built.code)
+        zoo.check_output(zoo.build(built.code, TASK.in_shape, TASK.num_classes), TASK.in_shape, TASK.num_classes)
     except Exception:  # any failure of untrusted code is a build failure here
-        return "build_error", code
-    return "ok", code
+        return "build_error", built.code
+    return "ok", built.code
 
 
 def near_duplicates(codes: list[str], threshold: float) -> int:
@@ -82,7 +75,7 @@ def bench_mode(mode: str, loaded, args) -> dict:
     baselines = [Baseline(n, zoo.source(n)) for n in zoo.names()]
     proposals = sampler.propose(baselines, args.samples, np.random.default_rng(args.seed))
     by_name = {b.name: b for b in baselines}
-    outcomes = [outcome(p, by_name[p.baseline]) for p in proposals]
+    outcomes = [outcome(p, by_name[p.baseline], mode, sampler.scope) for p in proposals]
     statuses = [s for s, _ in outcomes]
     batches = {(p.meta["batch_seconds"], p.meta["batch_size"]) for p in proposals}
     tokens = sum(p.completion_tokens for p in proposals)

@@ -31,24 +31,18 @@ from benchmarks.bench_generation import TASK
 from cem_nas import config as C
 from cem_nas import zoo
 from cem_nas.cem import build_sampler
-from cem_nas.delta import DeltaError, apply_delta
+from cem_nas.build import build
 from cem_nas.records import Baseline
 from cem_nas.repeats import exact_key
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "default.toml"
 
 
-def built_code(parent: str, proposal) -> str | None:
-    """The file a proposal builds from ``parent``, or None when it does not apply, changes
-    nothing or does not compile."""
-    if not proposal.delta:
-        return None
-    try:
-        code = apply_delta(parent, proposal.delta, complete=proposal.complete).code
-        compile(code, "net.py", "exec")
-    except (DeltaError, SyntaxError, ValueError):
-        return None
-    return code if code != parent else None
+def built_code(parent: str, proposal, scope: str = "architecture") -> str | None:
+    """The new file a delta proposal builds from ``parent`` (:func:`cem_nas.build.build`), or
+    None when it does not parse or apply, changes nothing, does not compile or is out of scope."""
+    built = build(parent, proposal, "delta", scope)
+    return built.code if not built.status else None
 
 
 def support_curve(sampler, baselines: list[Baseline], draws: int, chunk: int, seed: int) -> list[dict]:
@@ -63,7 +57,7 @@ def support_curve(sampler, baselines: list[Baseline], draws: int, chunk: int, se
         proposals = sampler.propose(baselines[shift:] + baselines[:shift], n, rng)
         built = new = 0
         for p in proposals:
-            code = built_code(by_name[p.baseline], p)
+            code = built_code(by_name[p.baseline], p, sampler.scope)
             if code is None:
                 continue
             built += 1

@@ -40,7 +40,8 @@ import numpy as np
 
 from cem_nas import zoo
 from cem_nas.config import ConfigError, RunConfig, to_toml
-from cem_nas.delta import DeltaError, apply_delta, count_lines, make_delta
+from cem_nas.build import build
+from cem_nas.delta import count_lines, make_delta
 from cem_nas.hooks import Candidate, CycleRecord, Hook, Instrumentation, load_user_hook
 from cem_nas.novelty import NoveltyArchive
 from cem_nas.progress import Progress, TokenReporter, cycle_line
@@ -189,38 +190,16 @@ class CEM:
         return proposals
 
     def prepare(self, t: int, i: int, p: Proposal, by_name: dict[str, Baseline]) -> Candidate:
-        """A proposal as a candidate: delta applied (delta mode), syntax checked."""
+        """A proposal as a candidate: built from its parent (:func:`cem_nas.build.build`)."""
         c = Candidate(cand=i, baseline=p.baseline, parent_cycle=self.born.get(p.baseline, -1), prompt=p.prompt,
                       response=p.response, delta=p.delta or "", prompt_tokens=p.prompt_tokens,
                       completion_tokens=p.completion_tokens, gen_seconds=p.gen_seconds,
                       delta_lines=count_lines(p.delta) if p.delta else 0, stop_reason=p.stop_reason,
                       hint=str(p.meta.get("hint", "")), redraws=int(p.meta.get("redraws", 0)))
-        parent = by_name[p.baseline].code
-        if self.sampler.mode == "delta":
-            if p.delta is None:
-                c.status, c.message = "parse_error", p.meta.get("parse_error", "no unified diff found in the response")
-                return c
-            try:
-                # completeness was decided by the sampler from the raw response: never re-guessed here
-                applied = apply_delta(parent, p.delta, complete=p.complete) if p.delta else None
-            except DeltaError as e:
-                c.status, c.message = e.kind, str(e)
-                return c
-            c.code, c.apply_tier = (applied.code, applied.tier) if applied else (parent, "")
-        elif not p.code:
-            c.status, c.message = "parse_error", p.meta.get("parse_error", "no model file found in the response")
-            return c
-        else:
-            c.code = p.code
-        c.code_lines = count_lines(c.code)
-        if c.code == parent:
-            c.status, c.message = "unchanged", f"the {'delta' if self.sampler.mode == 'delta' else 'file'} " \
-                                               f"leaves its parent {p.baseline} as it was: nothing new to train"
-            return c
-        try:
-            compile(c.code, "net.py", "exec")
-        except (SyntaxError, ValueError) as e:
-            c.status, c.message = "syntax_error", f"{type(e).__name__}: {e}"
+        built = build(by_name[p.baseline].code, p, self.sampler.mode, self.cfg.search.scope)
+        c.status, c.message, c.apply_tier = built.status, built.message, built.tier
+        if built.code is not None:
+            c.code, c.code_lines = built.code, count_lines(built.code)
         return c
 
     def find_repeats(self, t: int, cands: list[Candidate]) -> None:
@@ -449,18 +428,20 @@ def build_sampler(cfg: RunConfig, task: Any) -> Any:
     if cfg.sampler.kind == "grammar":
         from cem_nas.sampler.grammar import GrammarSampler
 
-        return GrammarSampler(alpha=cfg.sampler.grammar_alpha, seed=cfg.run.seed, mode=cfg.sampler.mode)
+        return GrammarSampler(alpha=cfg.sampler.grammar_alpha, seed=cfg.run.seed, mode=cfg.sampler.mode,
+                              scope=cfg.search.scope)
     if cfg.sampler.kind == "random":
         from cem_nas.sampler.uniform import RandomSampler
 
-        return RandomSampler(seed=cfg.run.seed, mode=cfg.sampler.mode)
+        return RandomSampler(seed=cfg.run.seed, mode=cfg.sampler.mode, scope=cfg.search.scope)
     from cem_nas.sampler.llm import LLMSampler
 
     sampler = LLMSampler(task, model=cfg.sampler.model, mode=cfg.sampler.mode, lora=cfg.sampler.lora,
                          generation=cfg.sampler.generation, warm_start=cfg.sampler.warm_start,
                          device=cfg.sampler.device, seed=cfg.run.seed,
                          load_in_4bit=cfg.sampler.load_in_4bit, dtype=cfg.sampler.dtype,
-                         engine=cfg.sampler.engine, openai=cfg.sampler.openai, hints=cfg.sampler.hints)
+                         engine=cfg.sampler.engine, openai=cfg.sampler.openai, hints=cfg.sampler.hints,
+                         scope=cfg.search.scope)
     print(f"sampler: {sampler.describe()}", file=sys.stderr, flush=True)
     return sampler
 

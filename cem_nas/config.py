@@ -29,6 +29,7 @@ from typing import Any
 
 from cem_nas.evaluate import EvalSettings
 from cem_nas.repeats import READINGS
+from cem_nas.scope import SCOPES
 from cem_nas.sampler.llm import DECODERS, ENGINES, GenerationSettings, HintSettings, LoRASettings, WarmStartSettings
 from cem_nas.sampler.model import DTYPES
 from cem_nas.sampler.openai_engine import OpenAISettings
@@ -79,6 +80,10 @@ class SearchSettings:
     """Elite fraction rho: the top rho share of valid (status ok) scores are elites."""
     baselines: list[str] = field(default_factory=list)
     """Zoo baselines proposals edit; empty = every zoo architecture."""
+    scope: str = "architecture"
+    """What a proposal may change: architecture (the training recipe, i.e. supported_hyperparameters,
+    train_setup and learn, is the proxy's and fixed: a proposal that changes it is out_of_scope, never
+    trained, and the prompts say so) or file (anything in the model file)."""
     baseline_mode: str = "fixed"
     """fixed: always the zoo baselines; refine: the best candidates so far become the baselines."""
     refine_top: int = 3
@@ -203,6 +208,7 @@ RESUMABLE_CHANGES = (
 # Allowed values and ranges, checked by validate(). (lo, hi, lo_open, hi_open); None = unbounded.
 CHOICES = {
     "search.baseline_mode": ("fixed", "refine"),
+    "search.scope": SCOPES,
     "search.duplicates": READINGS,
     "sampler.kind": ("llm", "grammar", "random"),
     "sampler.mode": ("delta", "full"),
@@ -377,8 +383,17 @@ def from_dict(data: dict, cls: type = RunConfig, prefix: str = "") -> Any:
         raise ConfigError(f"[{prefix.rstrip('.') or 'top level'}] {e}") from None
 
 
-def load_toml(path: str | Path) -> RunConfig:
-    """Read a config file (unknown keys and wrong types are errors), validated."""
+#: Fields added after runs were stored, with the value that reproduces what a stored run did
+#: without them: a run's saved config that lacks one resumes with this value, not the new default.
+SAVED_RUN_DEFAULTS = {"search.scope": "file"}
+
+
+def load_toml(path: str | Path, saved_run: bool = False) -> RunConfig:
+    """Read a config file (unknown keys and wrong types are errors), validated.
+
+    ``saved_run``: the file is a run's resolved config (``runs/NAME/config.toml``), so a
+    field it lacks takes its :data:`SAVED_RUN_DEFAULTS` value when it has one.
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -386,6 +401,13 @@ def load_toml(path: str | Path) -> RunConfig:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    if saved_run:
+        for dotted, value in SAVED_RUN_DEFAULTS.items():
+            *sections, name = dotted.split(".")
+            table = data
+            for section in sections:
+                table = table.setdefault(section, {})
+            table.setdefault(name, value)
     try:
         cfg = from_dict(data)
     except ConfigError as e:

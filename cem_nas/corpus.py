@@ -33,6 +33,7 @@ import numpy as np
 
 from cem_nas import delta, mutations, novelty, zoo
 from cem_nas.cache import cache_root
+from cem_nas.scope import check_scope, fixed_parts_changed
 
 #: (in_shape, num_classes) every kept ``after`` must build for.
 CHECK_SHAPES = (((1, 28, 28), 10), ((3, 32, 32), 10))
@@ -79,15 +80,24 @@ def builds_with_right_shapes(code: str) -> bool:
     return True
 
 
-def applicable_choices(source: str) -> dict[int, list[int]]:
+def applicable_choices(source: str, scope: str = "file") -> dict[int, list[int]]:
     """For each non-neutral coordinate, the non-keep choices that change ``source`` when
-    applied alone (coordinates without any are left out)."""
+    applied alone (coordinates without any are left out); under ``scope`` architecture only
+    those that leave the fixed training recipe as it is (:mod:`cem_nas.scope`).
+
+    >>> from cem_nas import zoo
+    >>> names = lambda scope: {mutations.GRAMMAR[j].name for j in applicable_choices(zoo.source("vgg"), scope)}
+    >>> sorted(names("file") - names("architecture"))
+    ['lr', 'optimizer']
+    """
+    check_scope(scope)
     out = {}
     for j, coord in enumerate(mutations.GRAMMAR):
         if coord.neutral:
             continue
-        changing = [i for i in range(1, len(coord.choices))
-                    if mutations.render(source, {coord.name: i}) != source]
+        renders = {i: mutations.render(source, {coord.name: i}) for i in range(1, len(coord.choices))}
+        changing = [i for i, code in renders.items()
+                    if code != source and (scope == "file" or not fixed_parts_changed(source, code))]
         if changing:
             out[j] = changing
     return out
@@ -116,7 +126,7 @@ def changed_lines(diff: str) -> int:
 
 
 def _generate(n: int | None, seed: int, threshold: float, max_attempts: int, max_edits: int, context: int,
-              max_changed: int | None) -> list[CorpusPair]:
+              max_changed: int | None, scope: str = "file") -> list[CorpusPair]:
     """Pairs accepted in stream order: the first ``n``, or all within ``max_attempts`` (None)."""
     rng = np.random.default_rng(seed)
     baselines = zoo.names()
@@ -135,7 +145,7 @@ def _generate(n: int | None, seed: int, threshold: float, max_attempts: int, max
             return pairs
         name = baselines[int(rng.integers(len(baselines)))]
         if name not in applicable:
-            applicable[name] = applicable_choices(sources[name])
+            applicable[name] = applicable_choices(sources[name], scope)
         choices = random_choices(rng, applicable[name], max_edits)
         if (name, choices) in seen_choices:
             continue
@@ -168,7 +178,8 @@ def _generate(n: int | None, seed: int, threshold: float, max_attempts: int, max
 
 def build_corpus(n: int = 3000, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
                  cache: bool = True, max_attempts: int | None = None, max_edits: int = 3,
-                 context: int = 3, max_changed: int | None = None, balance: bool = False) -> list[CorpusPair]:
+                 context: int = 3, max_changed: int | None = None, balance: bool = False,
+                 scope: str = "file") -> list[CorpusPair]:
     """``n`` (baseline, before, after, delta, choices) pairs; see the module docstring.
 
     ``max_edits`` caps the grammar coordinates one pair changes (1..max_edits, uniform) and
@@ -183,6 +194,9 @@ def build_corpus(n: int = 3000, seed: int = 0, threshold: float = DEFAULT_THRESH
     the shortest kinds do not dominate (unbalanced, single edits of at most 4 lines: 13
     dropout, 10 optimizer, 9 lr pairs of 48, one activation pair, no width pair). A
     balanced corpus is not a prefix of a larger one.
+
+    ``scope`` architecture leaves out the edits of the fixed training recipe (the optimizer
+    and learning-rate coordinates: :func:`applicable_choices`).
 
     Raises :class:`CorpusError` when fewer than ``n`` pairs pass the filters within
     ``max_attempts`` random mutations (default ``20 n + 200``).
@@ -201,15 +215,17 @@ def build_corpus(n: int = 3000, seed: int = 0, threshold: float = DEFAULT_THRESH
         raise ValueError(f"max_changed must be None or a positive integer; got {max_changed!r}")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold is a Jaccard similarity in (0, 1]; got {threshold!r}")
-    name = f"seed{seed}-n{n}-t{threshold:g}-e{max_edits}-c{context}-m{max_changed}{'-b' if balance else ''}"
+    check_scope(scope)
+    name = (f"seed{seed}-n{n}-t{threshold:g}-e{max_edits}-c{context}-m{max_changed}{'-b' if balance else ''}"
+            f"{'-arch' if scope == 'architecture' else ''}")
     path = cache_root() / "corpus" / f"{name}-{sources_hash()[:16]}.json"
     if cache and path.exists():
         return [CorpusPair(*item[:4], tuple(item[4])) for item in json.loads(path.read_text())]
     attempts = 20 * n + 200 if max_attempts is None else max_attempts
     if balance:
-        pairs = balanced(_generate(None, seed, threshold, attempts, max_edits, context, max_changed), n)
+        pairs = balanced(_generate(None, seed, threshold, attempts, max_edits, context, max_changed, scope), n)
     else:
-        pairs = _generate(n, seed, threshold, attempts, max_edits, context, max_changed)
+        pairs = _generate(n, seed, threshold, attempts, max_edits, context, max_changed, scope)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -327,6 +327,9 @@ class Coordinate:
     #: The edits only change hyperparameter literals, train_setup or comments, so they can
     #: neither break ``Net(...)`` nor change output shapes (callers may skip a rebuild).
     build_safe: bool = False
+    #: The edits change the training recipe (train_setup), which search.scope = architecture
+    #: keeps fixed (:mod:`cem_nas.scope`): such coordinates stay at keep there.
+    recipe: bool = False
 
 
 #: The grammar, in render order.
@@ -338,8 +341,8 @@ GRAMMAR: tuple[Coordinate, ...] = (
     Coordinate("activation", ("keep", "ReLU", "GELU", "SiLU", "LeakyReLU", "Tanh"), _edit_activation),
     Coordinate("pooling", ("keep", "max_to_avg", "avg_to_max"), _edit_pooling),
     Coordinate("dropout", ("keep", "0.0", "0.1", "0.3", "0.5"), _edit_dropout, build_safe=True),
-    Coordinate("optimizer", ("keep", "SGD", "Adam", "AdamW"), _edit_optimizer, build_safe=True),
-    Coordinate("lr", ("keep", "x0.1", "x0.3", "x3"), _edit_lr, build_safe=True),
+    Coordinate("optimizer", ("keep", "SGD", "Adam", "AdamW"), _edit_optimizer, build_safe=True, recipe=True),
+    Coordinate("lr", ("keep", "x0.1", "x0.3", "x3"), _edit_lr, build_safe=True, recipe=True),
     Coordinate("tag", ("keep", "a", "b", "c"), _edit_tag, neutral=True, build_safe=True),
 )
 #: Name of the neutral coordinate (its choices never change the network).

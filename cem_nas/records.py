@@ -18,6 +18,7 @@ STATUSES = (
     "apply_error",       # the delta did not apply to its baseline at any tier
     "unchanged",         # the delta applied but leaves its parent as it was (nothing to train)
     "syntax_error",      # the resulting file is not valid Python
+    "out_of_scope",      # it changes the fixed training recipe (search.scope = architecture): never trained
     "policy_violation",  # the AST policy or the audit hook refused the code
     "build_error",       # Net(...) raised, or the file lacks the model interface
     "shape_error",       # forward() gave the wrong output shape

@@ -69,7 +69,7 @@ def run_cell(cfg: C.RunConfig) -> tuple[Path, str]:
     if done == 0:
         cfg.run.overwrite = True  # a cell without a committed cycle holds nothing worth keeping
         return run_search(cfg), "ran"
-    saved = C.load_toml(root / "config.toml")
+    saved = C.load_toml(root / "config.toml", saved_run=True)
     blocking = {k: v for k, v in C.differences(saved, cfg).items() if k not in C.RESUMABLE_CHANGES}
     if blocking:
         listing = ", ".join(f"{k} (cell has {a!r}, now {b!r})" for k, (a, b) in blocking.items())

@@ -58,10 +58,10 @@ def resolve(args: argparse.Namespace) -> tuple[C.RunConfig, Path | None]:
     if args.resume is None:
         return C.apply_overrides(C.load_toml(args.config or DEFAULT_CONFIG), overrides), None
     saved_path = args.resume / "config.toml"
-    saved = C.load_toml(saved_path) if saved_path.exists() else None
+    saved = C.load_toml(saved_path, saved_run=True) if saved_path.exists() else None
     if saved is None:
         raise StoreError(f"{args.resume} is not a run directory (no config.toml); start a fresh run instead")
-    wanted = C.apply_overrides(C.load_toml(args.config) if args.config else C.load_toml(saved_path), overrides)
+    wanted = C.apply_overrides(C.load_toml(args.config) if args.config else C.load_toml(saved_path, saved_run=True), overrides)
     # the directory names the run: its saved name and location stand
     wanted.run.name, wanted.run.runs_dir = saved.run.name, saved.run.runs_dir
     blocking = {k: v for k, v in C.differences(saved, wanted).items() if k not in C.RESUMABLE_CHANGES}

@@ -285,7 +285,7 @@ def main(argv=None) -> int:
 
     try:
         runs = as_runs(load(args.runs))
-        cfg = C.load_toml(args.runs[0] / "config.toml")
+        cfg = C.load_toml(args.runs[0] / "config.toml", saved_run=True)
         overrides = {k: str(v) for k, v in (("data.max_train", args.max_train), ("data.max_test", args.max_test))
                      if v is not None}
         cfg = C.apply_overrides(cfg, overrides)

@@ -12,6 +12,8 @@ from cem_nas.records import Baseline, Proposal
 class Cycling:
     """Per call: the same edit of each baseline, a no-op and an edit that does not compile."""
 
+    scope = "architecture"
+
     def propose(self, baselines, n, rng):
         out = []
         for i in range(n):
@@ -36,3 +38,10 @@ def test_a_delta_that_does_not_apply_builds_nothing():
     stray = Proposal("mlp", "p", "r", delta="--- a/net.py\n+++ b/net.py\n@@ -1,1 +1,1 @@\n-nothing here\n+x\n", complete=True)
     assert built_code(code, stray) is None
     assert built_code(code, Proposal("mlp", "p", "r", delta=None)) is None
+
+
+def test_an_edit_of_the_training_recipe_builds_nothing_under_architecture_scope():
+    code = zoo.source("mlp")
+    recipe = Proposal("mlp", "p", "r", delta=make_delta(code, code.replace("torch.optim.Adam(", "torch.optim.AdamW(")),
+                      complete=True)
+    assert built_code(code, recipe) is None and built_code(code, recipe, "file") is not None

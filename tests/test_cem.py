@@ -281,11 +281,29 @@ def test_a_delta_that_changes_nothing_is_unchanged_never_trained(tmp_path):
     assert len(pool.calls) == 1  # only the zoo baseline
 
 
+def test_an_edit_of_the_training_recipe_is_out_of_scope_never_trained(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "2", "search.cycles": "1", "novelty.enabled": "false",
+                                    "search.replicate_seeds": "1"})
+    pool = FakePool()
+    parent = zoo.source("mlp")
+    recipe, widened = (mutations.render(parent, choice) for choice in ({"optimizer": "AdamW"}, {"width": "x2"}))
+
+    class Edits(ScriptedSampler):
+        def propose(self, baselines, n, rng):
+            return [Proposal("mlp", "p", "r", delta=make_delta(parent, code), complete=True) for code in (recipe, widened)]
+
+    record = open_loop(cfg, Edits(), pool).step()
+    assert [c.status for c in record.candidates] == ["out_of_scope", "ok"]
+    assert "changes train_setup" in record.candidates[0].message and not record.candidates[0].is_elite
+    assert len(pool.calls) == 2  # the zoo baseline and the widened net: the recipe edit is never trained
+
+
 def test_the_issue_responses_are_applied_in_the_loop(tmp_path):
     from test_delta import RESPONSES
 
     names = [r[0] for r in RESPONSES]
-    cfg = small_config(tmp_path, **{"search.candidates": "4", "search.cycles": "1", "search.baselines": ",".join(names)})
+    cfg = small_config(tmp_path, **{"search.candidates": "4", "search.cycles": "1", "search.baselines": ",".join(names),
+                                    "search.scope": "file"})
 
     class Responses(ScriptedSampler):
         def propose(self, baselines, n, rng):

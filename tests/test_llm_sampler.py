@@ -335,7 +335,7 @@ NOOP_A = "--- a/net.py\n+++ b/net.py\n@@ -3,2 +3,2 @@\n     def forward(self, x)
 @pytest.mark.parametrize("rounds", [0, 1, 3])
 def test_redraw_unchanged_draws_no_ops_again_and_keeps_failures(tokenizer, rounds):
     """A no-op is drawn again (up to ``rounds`` times) from its own prompt; a response without a diff is kept."""
-    from cem_nas.sampler.llm import Generated, leaves_parent
+    from cem_nas.sampler.llm import Generated
 
     sampler = make_sampler(tokenizer, generation=GenerationSettings(max_new_tokens=12, batch_size=8,
                                                                     redraw_unchanged=rounds))
@@ -353,8 +353,31 @@ def test_redraw_unchanged_draws_no_ops_again_and_keeps_failures(tokenizer, round
     assert len(a_rows) == 2 and all(p.delta is None for p in proposals if p.baseline == "b")
     assert calls == [4] + [2] * min(rounds, 2)  # only the no-op rows are drawn again
     assert all(p.meta.get("redraws", 0) == min(rounds, 2) for p in a_rows)
-    assert all(leaves_parent(p, CODE_A) for p in a_rows) == (rounds < 2)
+    assert all(sampler.infeasible(p, CODE_A) for p in a_rows) == (rounds < 2)
     assert all(p.meta.get("redraws", 0) == 0 for p in proposals if p.baseline == "b")
+
+
+CODE_R = CODE_A + "    def learn(self, data):\n        opt = 'SGD'\n"
+RECIPE_EDIT = ("--- a/net.py\n+++ b/net.py\n@@ -5,2 +5,2 @@\n     def learn(self, data):\n"
+               "-        opt = 'SGD'\n+        opt = 'AdamW'\n")
+
+
+@pytest.mark.parametrize("scope", ["architecture", "file"])
+def test_edits_of_the_training_recipe_are_drawn_again_under_architecture_scope(tokenizer, scope):
+    from cem_nas.sampler.llm import Generated
+
+    sampler = make_sampler(tokenizer, generation=GenerationSettings(max_new_tokens=12, redraw_unchanged=1))
+    sampler.scope = scope
+    calls = []
+
+    def scripted(prompts):  # first a recipe edit, then an architecture edit
+        calls.append(len(prompts))
+        return [Generated(f"```diff\n{RECIPE_EDIT if len(calls) == 1 else DELTA_A}```", 10, 5, "fence") for _ in prompts]
+
+    sampler.generate = scripted
+    proposals = sampler.propose([Baseline("r", CODE_R)], 3, np.random.default_rng(0))
+    assert calls == ([3, 3] if scope == "architecture" else [3])
+    assert all((p.delta == DELTA_A) == (scope == "architecture") for p in proposals)
 
 
 def test_the_warm_start_key_changes_with_the_training_path(tokenizer, monkeypatch):

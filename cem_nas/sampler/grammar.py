@@ -27,14 +27,27 @@ import numpy as np
 from cem_nas import mutations
 from cem_nas.delta import count_tokens, make_delta
 from cem_nas.records import Baseline, Elite, Proposal, UpdateStats
+from cem_nas.scope import check_scope
 from theory.cem import elite_frequencies, gini_simpson_diversity, smoothed_update
 
 STATE_FILE = "grammar_sampler.json"
 
 
-def _uniform_marginals(sizes: list[int]) -> np.ndarray:
+def _uniform_marginals(sizes: list[int], kept: tuple[int, ...] = ()) -> np.ndarray:
+    """Uniform rows, except the coordinates in ``kept``, which put all their mass on keep."""
     width = max(sizes)
-    return np.array([[1.0 / k if c < k else 0.0 for c in range(width)] for k in sizes])
+    return np.array([[float(c == 0) if j in kept else 1.0 / k if c < k else 0.0 for c in range(width)]
+                     for j, k in enumerate(sizes)])
+
+
+def recipe_coordinates(scope: str) -> tuple[int, ...]:
+    """Indices of the coordinates that edit the training recipe when ``scope`` keeps it fixed.
+
+    >>> [mutations.GRAMMAR[j].name for j in recipe_coordinates("architecture")], recipe_coordinates("file")
+    (['optimizer', 'lr'], ())
+    """
+    check_scope(scope)
+    return tuple(j for j, c in enumerate(mutations.GRAMMAR) if c.recipe and scope == "architecture")
 
 
 class GrammarSampler:
@@ -43,10 +56,12 @@ class GrammarSampler:
     ``alpha`` is the smoothing step; ``probs`` optional initial marginals, shape
     (coordinates, max choices) zero-padded (default uniform); ``seed`` seeds the generator
     used when ``propose`` gets no ``rng``; ``mode`` "delta" (proposals carry the diff) or
-    "full" (proposals carry the rendered file).
+    "full" (proposals carry the rendered file). Under ``scope`` architecture the coordinates
+    that edit the training recipe start (and so stay, under CE updates) at keep: the
+    distribution lives on the same search space as the LLM's.
     """
 
-    def __init__(self, alpha: float = 0.7, probs=None, seed: int = 0, mode: str = "delta"):
+    def __init__(self, alpha: float = 0.7, probs=None, seed: int = 0, mode: str = "delta", scope: str = "file"):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha is a smoothing step in [0, 1]; got {alpha!r}")
         if mode not in ("delta", "full"):
@@ -56,7 +71,8 @@ class GrammarSampler:
         self.sizes = mutations.cardinalities()
         self.names = mutations.coordinate_names()
         self.neutral = self.names.index(mutations.NEUTRAL)
-        self.probs = _uniform_marginals(self.sizes) if probs is None else self._checked(probs)
+        self.scope = scope
+        self.probs = _uniform_marginals(self.sizes, recipe_coordinates(scope)) if probs is None else self._checked(probs)
         self.rng = np.random.default_rng(seed)
         self.updates = 0
 

@@ -91,7 +91,7 @@ def pair_kinds(choices: Sequence[int]) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def applicable_kinds(code: str) -> tuple[str, ...]:
+def applicable_kinds(code: str, scope: str = "file") -> tuple[str, ...]:
     """The kinds whose grammar edit changes ``code``; every kind where the grammar cannot
     read the file (an LLM-written parent may still take any edit) or none applies.
 
@@ -103,11 +103,13 @@ def applicable_kinds(code: str) -> tuple[str, ...]:
     """
     from cem_nas.corpus import applicable_choices
 
+    recipe = {c.name for c in mutations.GRAMMAR if c.recipe and scope == "architecture"}
+    allowed = tuple(k for k in KINDS if k not in recipe)
     try:
-        found = {mutations.GRAMMAR[j].name for j in applicable_choices(code)}
+        found = {mutations.GRAMMAR[j].name for j in applicable_choices(code, scope)}
     except (mutations.MutationError, SyntaxError, ValueError):
-        return tuple(KINDS)
-    return tuple(k for k in KINDS if k in found) or tuple(KINDS)
+        return allowed
+    return tuple(k for k in allowed if k in found) or allowed
 
 
 class KindDistribution:

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from cem_nas.build import INFEASIBLE, build
 from cem_nas.progress import QUIET, Progress, StepReporter
 from cem_nas.records import Baseline, Elite, Proposal, TaskSpec, UpdateStats
 from cem_nas.sampler import lora as lora_sft
@@ -34,6 +35,7 @@ from cem_nas.sampler.lora import LoRASettings
 from cem_nas.sampler.model import LoadedModel, cache_root, load_model
 from cem_nas.sampler.openai_engine import OpenAIEngine, OpenAISettings
 from cem_nas.sampler.prompt_kv import PromptKV
+from cem_nas.scope import check_scope
 from cem_nas.sampler.prompts import (
     TEMPLATE_VERSION, check_mode, closes_block, cut_after_block, format_completion, render_prompt,
 )
@@ -94,14 +96,15 @@ class GenerationSettings:
     cut the share of 50 deltas that apply and build from 0.58 to 0.08, the model copying
     the examples' context lines. Meant for larger models or a warm start with examples."""
     redraw_unchanged: int = 0
-    """Rounds in which a proposal that leaves its parent unchanged (its delta applies and
-    changes nothing, or its file is the parent's) is drawn again from the same prompt: the
-    sampler then draws from p_theta restricted to answers that change their parent, by
-    acceptance-rejection (as for a CE density truncated to a feasible set: Rubinstein &
-    Kroese, The Cross-Entropy Method, 2004). A no-op proposes no architecture; answers
-    that do not parse or apply are kept, so format failures stay visible. What remains
-    unchanged after the last round is kept; every proposal counts its discarded draws
-    (store variable ``redraws``). 0 keeps every first draw."""
+    """Rounds in which a proposal outside the search space is drawn again from the same
+    prompt: one that leaves its parent unchanged (its delta applies and changes nothing, or
+    its file is the parent's) or, under search.scope = architecture, changes the fixed
+    training recipe (status out_of_scope). The sampler then draws from p_theta restricted to
+    the feasible answers, by acceptance-rejection (as for a CE density truncated to a
+    feasible set: Rubinstein & Kroese, The Cross-Entropy Method, 2004). Answers that do not
+    parse or apply are kept, so format failures stay visible. What remains infeasible after
+    the last round is kept; every proposal counts its discarded draws (store variable
+    ``redraws``). 0 keeps every first draw."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.batch_size < 1:
@@ -195,22 +198,6 @@ def _update_stats(losses: list[float], nll_before: float, nll_after: float, exam
     )
 
 
-def leaves_parent(proposal: Proposal, parent: str) -> bool:
-    """Whether ``proposal``'s answer builds ``parent`` itself: its file is the parent's, or
-    its delta is empty or applies and changes nothing. An answer that does not parse or
-    apply is not a no-op (it is a failure of its own)."""
-    from cem_nas.delta import DeltaError, apply_delta
-
-    if proposal.code is not None:
-        return proposal.code == parent
-    if proposal.delta is None:
-        return False
-    try:
-        return not proposal.delta or apply_delta(parent, proposal.delta, complete=proposal.complete).code == parent
-    except DeltaError:
-        return False
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", Path(text).name or text).strip("-").lower()[:40] or "model"
 
@@ -227,7 +214,8 @@ class LLMSampler:
     when the model is loaded here; a LoadedModel keeps its own. ``engine`` ``openai``
     samples on the server ``openai`` names (the update stays in-process; each new adapter
     is handed to the server, :mod:`cem_nas.sampler.openai_engine`). ``hints`` puts a kind of
-    edit in every prompt (:mod:`cem_nas.sampler.hints`); None: no hints.
+    edit in every prompt (:mod:`cem_nas.sampler.hints`); None: no hints. ``scope`` is the
+    search space (:mod:`cem_nas.scope`): the prompts, the warm-start corpus and the redraws follow it.
     """
 
     def __init__(
@@ -246,11 +234,13 @@ class LLMSampler:
         engine: str = "hf",
         openai: OpenAISettings | None = None,
         hints: HintSettings | None = None,
+        scope: str = "architecture",
     ):
         from peft import get_peft_model
 
         self.task = task
         self.mode = check_mode(mode)
+        self.scope = check_scope(scope)
         self.lora = lora or LoRASettings()
         self.generation = generation or GenerationSettings()
         self.warm = warm_start or WarmStartSettings()
@@ -295,7 +285,7 @@ class LLMSampler:
         """The rendered prompt for a baseline's source (with few-shot example deltas and,
         when hints are on, the sentence asking for ``kinds`` of edit)."""
         hint = hint_text(kinds) if kinds and self.hints.enabled else ""
-        return render_prompt(self.tokenizer, self.task, code, self.mode, examples, hint)
+        return render_prompt(self.tokenizer, self.task, code, self.mode, examples, hint, self.scope)
 
     def _corpus_items(self) -> list:
         if self._corpus is None:
@@ -303,7 +293,8 @@ class LLMSampler:
 
             w = self.warm
             self._corpus = build_corpus(w.corpus_size, w.corpus_seed, max_edits=w.max_edits, context=w.context,
-                                        max_changed=w.max_changed or None, balance=w.balance or self.hints.enabled)
+                                        max_changed=w.max_changed or None, balance=w.balance or self.hints.enabled,
+                                        scope=self.scope)
         return self._corpus
 
     def few_shot_examples(self, baseline: str, rng: np.random.Generator) -> list[str]:
@@ -367,6 +358,7 @@ class LLMSampler:
         spec = {
             "model": self.loaded.name,
             "mode": self.mode,
+            "scope": self.scope,
             "task": [self.task.dataset, list(self.task.in_shape), self.task.num_classes],
             # balance only when set, so that the keys of unbalanced corpora stay as they were
             "warm": {k: v for k, v in asdict(self.warm).items() if k != "balance" or v} | {"cache": None, "enabled": None},
@@ -611,7 +603,7 @@ class LLMSampler:
         order = rng.permutation(len(baselines)) if baselines else []
         assigned = [int(order[i % len(baselines)]) for i in range(n)]
         # one kind of edit per proposal ("" without hints)
-        kinds = ([self.kinds.sample(rng, applicable_kinds(baselines[b].code)) for b in assigned]
+        kinds = ([self.kinds.sample(rng, applicable_kinds(baselines[b].code, self.scope)) for b in assigned]
                  if self.hints.enabled else [""] * n)
         if self.generation.few_shot:  # one prompt per proposal, examples drawn in slot order
             prompts = [self.prompt_for(baselines[b].code, self.few_shot_examples(baselines[b].name, rng), [k] if k else ())
@@ -629,7 +621,7 @@ class LLMSampler:
             torch.manual_seed(seed)
             self._draw(slots, prompts, names, kinds, seed, proposals)
             for _ in range(self.generation.redraw_unchanged):
-                again = [i for i in slots if leaves_parent(proposals[i], baselines[assigned[i]].code)]
+                again = [i for i in slots if self.infeasible(proposals[i], baselines[assigned[i]].code)]
                 if not again:
                     break
                 redraws = {i: proposals[i].meta.get("redraws", 0) + 1 for i in again}
@@ -637,6 +629,12 @@ class LLMSampler:
                 for i, k in redraws.items():
                     proposals[i].meta["redraws"] = k
         return proposals  # type: ignore[return-value]
+
+    def infeasible(self, proposal: Proposal, parent: str) -> bool:
+        """Whether ``proposal`` is well written but proposes nothing in the search space: it
+        leaves ``parent`` as it was, or changes the fixed training recipe (:data:`cem_nas.build.INFEASIBLE`).
+        An answer that does not parse or apply is not: it is a failure of its own."""
+        return build(parent, proposal, self.mode, self.scope).status in INFEASIBLE
 
     def _draw(self, slots: list[int], prompts: list[str], names: list[str], kinds: list[str], seed: int,
               proposals: list) -> None:

@@ -17,10 +17,11 @@ from cem_nas import mutations
 
 
 class RandomSampler(GrammarSampler):
-    """Uniform over the grammar, never updated (``alpha = 0``); ``seed`` and ``mode`` as the grammar sampler's."""
+    """Uniform over the grammar, never updated (``alpha = 0``); ``seed``, ``mode`` and
+    ``scope`` as the grammar sampler's."""
 
-    def __init__(self, seed: int = 0, mode: str = "delta"):
-        super().__init__(alpha=0.0, seed=seed, mode=mode)
+    def __init__(self, seed: int = 0, mode: str = "delta", scope: str = "file"):
+        super().__init__(alpha=0.0, seed=seed, mode=mode, scope=scope)
 
     def update(self, elites: list[Elite]) -> UpdateStats:
         """No step: the elites' NLL under the fixed uniform distribution, before and after alike."""
