@@ -9,7 +9,11 @@ temperature it draws ``--draws`` proposals over the zoo baselines in cycle-sized
   (an upper bound of ``ok``, which also needs a proxy run above chance);
 * new: share of the chunk that is a file not seen before (exact repeat key of
   :func:`cem_nas.repeats.exact_key`, against the zoo and every earlier draw at this temperature);
-* distinct: new files so far.
+* distinct: new files so far;
+
+and per temperature the build statuses of all draws and the kinds of edit
+(:mod:`cem_nas.edit_kinds`) of the built ones: whether the warm start kept the model's
+own repertoire or taught it one edit.
 
 With fixed parents, a ``new`` share that falls with the draws while the sampler stays the
 same means that the supply runs out, whatever the CE update does.
@@ -22,6 +26,7 @@ import argparse
 import dataclasses
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +37,19 @@ from cem_nas import config as C
 from cem_nas import zoo
 from cem_nas.cem import build_sampler
 from cem_nas.build import build
+from cem_nas.edit_kinds import KINDS, edit_kinds
 from cem_nas.records import Baseline
 from cem_nas.repeats import exact_key
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "default.toml"
 
 
-def built_code(parent: str, proposal, scope: str = "architecture") -> str | None:
-    """The new file a delta proposal builds from ``parent`` (:func:`cem_nas.build.build`), or
-    None when it does not parse or apply, changes nothing, does not compile or is out of scope."""
-    built = build(parent, proposal, "delta", scope)
-    return built.code if not built.status else None
+def support_curve(sampler, baselines: list[Baseline], draws: int, chunk: int, seed: int,
+                  kinds: Counter | None = None, statuses: Counter | None = None) -> list[dict]:
+    """Per chunk: draws so far, the chunk's built and new shares, distinct new files so far.
 
-
-def support_curve(sampler, baselines: list[Baseline], draws: int, chunk: int, seed: int) -> list[dict]:
-    """Per chunk: draws so far, the chunk's built and new shares, distinct new files so far."""
+    ``kinds`` (when given) counts the kinds of edit (:func:`cem_nas.edit_kinds.edit_kinds`)
+    of every built proposal, ``statuses`` the build status of every proposal (ok: built)."""
     seen = {exact_key(b.code) for b in baselines}
     by_name = {b.name: b.code for b in baselines}
     rng = np.random.default_rng(seed)
@@ -57,11 +60,15 @@ def support_curve(sampler, baselines: list[Baseline], draws: int, chunk: int, se
         proposals = sampler.propose(baselines[shift:] + baselines[:shift], n, rng)
         built = new = 0
         for p in proposals:
-            code = built_code(by_name[p.baseline], p, sampler.scope)
-            if code is None:
+            result = build(by_name[p.baseline], p, "delta", sampler.scope)
+            if statuses is not None:
+                statuses[result.status or "built"] += 1
+            if result.status:
                 continue
             built += 1
-            key = exact_key(code)
+            if kinds is not None:
+                kinds.update(edit_kinds(by_name[p.baseline], result.code))
+            key = exact_key(result.code)
             if key not in seen:
                 seen.add(key)
                 new += 1
@@ -89,17 +96,20 @@ def main() -> None:
     for temperature in args.temperatures:
         sampler.generation = dataclasses.replace(sampler.generation, temperature=temperature)
         t0 = time.perf_counter()
-        rows = support_curve(sampler, baselines, args.draws, args.chunk, args.seed)
+        kinds, statuses = Counter(), Counter()
+        rows = support_curve(sampler, baselines, args.draws, args.chunk, args.seed, kinds, statuses)
         print(f"\n== temperature {temperature}: {args.draws} draws in {time.perf_counter() - t0:.0f} s", flush=True)
         print("draws  built  new   distinct", flush=True)
         for r in rows:
             print(f"{r['draws']:5d}  {r['built']:.2f}   {r['new']:.2f}  {r['distinct']:4d}", flush=True)
-        summary.append((temperature, rows))
-    print("\ntemperature  built (all draws)  new in the first / last chunk  distinct new files", flush=True)
-    for temperature, rows in summary:
+        print("statuses: " + ", ".join(f"{k} {v}" for k, v in statuses.most_common()), flush=True)
+        print("kinds of the built edits: " + ", ".join(f"{k} {kinds[k]}" for k in KINDS if kinds[k]), flush=True)
+        summary.append((temperature, rows, kinds))
+    print("\ntemperature  built (all draws)  new in the first / last chunk  distinct new files  kinds seen", flush=True)
+    for temperature, rows, kinds in summary:
         built = np.mean([r["built"] for r in rows])
         print(f"{temperature:11.2f}  {built:.2f}               {rows[0]['new']:.2f} / {rows[-1]['new']:.2f}"
-              f"                   {rows[-1]['distinct']}", flush=True)
+              f"                   {rows[-1]['distinct']:4d}           {sum(1 for k in KINDS if kinds[k])}", flush=True)
     print(f"load average after: {os.getloadavg()}", flush=True)
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_support import built_code, support_curve
+from collections import Counter
+
+from benchmarks.bench_support import support_curve
+from cem_nas.build import build
 from cem_nas import zoo
 from cem_nas.delta import make_delta
 from cem_nas.records import Baseline, Proposal
@@ -25,7 +28,9 @@ class Cycling:
 
 def test_only_files_that_build_and_were_not_seen_count_as_new():
     baselines = [Baseline(name, zoo.source(name)) for name in ("mlp", "plainnet")]
-    rows = support_curve(Cycling(), baselines, draws=12, chunk=6, seed=0)
+    kinds, statuses = Counter(), Counter()
+    rows = support_curve(Cycling(), baselines, draws=12, chunk=6, seed=0, kinds=kinds, statuses=statuses)
+    assert statuses == {"built": 4, "unchanged": 4, "syntax_error": 4} and kinds == {"other": 4}
     # per chunk of 6: 2 edits that build, 2 no-ops, 2 that do not compile
     assert [r["built"] for r in rows] == pytest.approx([2 / 6, 2 / 6])
     # the second chunk repeats the first one's two files: nothing new
@@ -33,15 +38,8 @@ def test_only_files_that_build_and_were_not_seen_count_as_new():
     assert [r["distinct"] for r in rows] == [2, 2]
 
 
-def test_a_delta_that_does_not_apply_builds_nothing():
-    code = zoo.source("mlp")
-    stray = Proposal("mlp", "p", "r", delta="--- a/net.py\n+++ b/net.py\n@@ -1,1 +1,1 @@\n-nothing here\n+x\n", complete=True)
-    assert built_code(code, stray) is None
-    assert built_code(code, Proposal("mlp", "p", "r", delta=None)) is None
-
-
-def test_an_edit_of_the_training_recipe_builds_nothing_under_architecture_scope():
+def test_an_edit_of_the_training_recipe_is_out_of_scope_under_architecture_scope():
     code = zoo.source("mlp")
     recipe = Proposal("mlp", "p", "r", delta=make_delta(code, code.replace("torch.optim.Adam(", "torch.optim.AdamW(")),
                       complete=True)
-    assert built_code(code, recipe) is None and built_code(code, recipe, "file") is not None
+    assert build(code, recipe, "delta").status == "out_of_scope" and build(code, recipe, "delta", "file").status == ""
