@@ -47,6 +47,7 @@ from cem_nas.progress import Progress, TokenReporter, cycle_line
 from cem_nas.records import Baseline, Elite, EvalResult, Proposal, UpdateStats
 from cem_nas.repeats import RepeatArchive, inherited
 from cem_nas.store import RunStore, cycle_dataset
+from theory.cem import elite_count
 
 
 @dataclass
@@ -73,8 +74,10 @@ def candidate_name(cycle: int, cand: int) -> str:
 
 
 def select_elites(cands: list[Candidate], elite_fraction: float) -> tuple[list[Candidate], float]:
-    """Top ceil(rho * n_valid) valid candidates by score (ties: earlier first) and gamma_t.
+    """Top ``elite_count(n_valid, rho)`` valid candidates by score (ties: earlier first) and gamma_t.
 
+    The count is :func:`theory.cem.elite_count`'s, so the loop and the theory agree on it
+    (rho = 0.07 of 100 valid is 7 elites, where ``ceil(0.07 * 100)`` in floating point is 8).
     gamma_t is the lowest elite score: the empirical (1 - rho) quantile of the valid
     scores. No valid candidate: no elites and gamma_t = NaN.
 
@@ -83,11 +86,15 @@ def select_elites(cands: list[Candidate], elite_fraction: float) -> tuple[list[C
     >>> elites, gamma = select_elites(c, 0.5)
     >>> [e.cand for e in elites], gamma
     ([1, 3], 0.9)
+    >>> c = [Candidate(i, "b", -1, status="ok", results=[EvalResult("ok", accuracy=i / 100)])
+    ...      for i in range(100)]
+    >>> len(select_elites(c, 0.07)[0])
+    7
     """
     valid = sorted((c for c in cands if c.status == "ok"), key=lambda c: (-c.score, c.cand))
     if not valid:
         return [], math.nan
-    elites = valid[:max(1, math.ceil(elite_fraction * len(valid)))]
+    elites = valid[:elite_count(len(valid), elite_fraction)]
     return elites, elites[-1].score
 
 
