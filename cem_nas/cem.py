@@ -41,10 +41,10 @@ import numpy as np
 from cem_nas import zoo
 from cem_nas.config import ConfigError, RunConfig, to_toml
 from cem_nas.delta import DeltaError, apply_delta, count_lines, make_delta
-from cem_nas.hooks import Candidate, CycleRecord, Hook, Instrumentation, load_user_hook
+from cem_nas.hooks import Hook, Instrumentation, load_user_hook
 from cem_nas.novelty import NoveltyArchive
 from cem_nas.progress import Progress, TokenReporter, cycle_line
-from cem_nas.records import Baseline, Elite, EvalResult, Proposal, UpdateStats
+from cem_nas.records import Baseline, Candidate, CycleRecord, Elite, EvalResult, Proposal, UpdateStats
 from cem_nas.repeats import RepeatArchive, inherited
 from cem_nas.store import RunStore, cycle_dataset
 from theory.cem import elite_count

@@ -20,8 +20,8 @@ from analysis import claims as cl
 from analysis.load import as_runs, load, load_grid
 from analysis.report import main as report_main
 from analysis.report import write_report
-from cem_nas.hooks import Candidate, CycleRecord, Instrumentation
-from cem_nas.records import EvalResult, UpdateStats
+from cem_nas.hooks import Instrumentation
+from cem_nas.records import Candidate, CycleRecord, EvalResult, UpdateStats
 from cem_nas.store import RunStore, cycle_dataset
 from theory import cem
 
