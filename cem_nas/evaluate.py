@@ -33,7 +33,7 @@ import types
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -574,6 +574,17 @@ def train_copies_in_test(x_train: np.ndarray, x_test: np.ndarray) -> int:
 def _dataset_id(dataset) -> str:
     return json.dumps([getattr(dataset, "name", ""), list(dataset.in_shape), int(dataset.num_classes),
                        len(dataset.y_train), len(dataset.y_test)])
+
+
+class Pool(Protocol):
+    """What the loop asks of an evaluation executor: :class:`EvaluationPool` or
+    :class:`cem_nas.distributed.DaskEvaluationPool`."""
+
+    #: Results by :func:`cache_key`, saved with the loop's state (None: the executor keeps none).
+    cache: EvaluationCache | None
+
+    def submit(self, code: str, seeds: Sequence[int] = (0,)) -> Future:
+        """A future of one :class:`~cem_nas.records.EvalResult` per seed, in order."""
 
 
 class EvaluationPool:
