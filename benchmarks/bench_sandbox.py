@@ -29,10 +29,10 @@ import time
 import torch
 
 from cem_nas import zoo
+from cem_nas.confinement import ChildOutcome
 from cem_nas.data import load_dataset
 from cem_nas.evaluate import (EvalSettings, EvaluationCache, EvaluationPool, child_evaluate, outcome_result, score,
                               worker_init)
-from cem_nas.sandbox import ChildOutcome
 
 NULL_CANDIDATE = "import torch\n"  # no Net: ends at build_error right after exec
 

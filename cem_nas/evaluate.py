@@ -37,9 +37,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from cem_nas.confinement import REFUSALS, ChildOutcome, Confinement, Limits, SandboxRefusal, guarded_import, run_child
+from cem_nas.policy import PolicyViolation, check_policy
 from cem_nas.records import EvalResult
-from cem_nas.sandbox import (REFUSALS, ChildOutcome, Confinement, Limits, PolicyViolation, SandboxPool,
-                             SandboxRefusal, WorkerLost, check_policy, guarded_import, run_child)
+from cem_nas.sandbox import SandboxPool, WorkerLost
 
 #: LEMUR's ``ok`` bar: accuracy must exceed this multiple of chance (1 / num_classes).
 CHANCE_FACTOR = 1.2

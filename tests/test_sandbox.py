@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from cem_nas import zoo
+from cem_nas.confinement import Limits, landlock_abi, readable_roots, run_child
 from cem_nas.evaluate import EvalSettings, EvaluationPool
-from cem_nas.sandbox import (Limits, PolicyViolation, SandboxPool, WorkerStartError, check_policy, landlock_abi,
-                             readable_roots, run_child)
+from cem_nas.policy import PolicyViolation, check_policy
+from cem_nas.sandbox import SandboxPool, WorkerStartError
 from candidates import BASE, hostile
 
 torch.set_num_threads(1)
