@@ -13,9 +13,9 @@ import torch
 from cem_nas import zoo
 from cem_nas.confinement import ChildOutcome, Limits
 from cem_nas.data import load_dataset
-from cem_nas.evaluate import (BatchLoader, EvalSettings, EvaluationCache, EvaluationPool, cache_key, evaluate,
-                              normalise_code, outcome_result, score, secret_order, static_result,
-                              train_copies_in_test)
+from cem_nas.evaluate import (EvalSettings, EvaluationCache, EvaluationPool, cache_key, evaluate, normalise_code,
+                              score, secret_order, static_result, train_copies_in_test)
+from cem_nas.proxy_run import BatchLoader, outcome_result
 from cem_nas.records import STATUSES, EvalResult
 from test_sandbox import BASE, tiny_dataset
 
