@@ -11,7 +11,6 @@ would take to tell the law from rho_S = rho at all.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +55,7 @@ def candidate_mask(runs: xr.Dataset) -> xr.DataArray:
     return runs["status"].astype(str) != ""
 
 
-def _series(runs: xr.Dataset, name: str) -> np.ndarray:
+def series(runs: xr.Dataset, name: str) -> np.ndarray:
     """A cycle variable as a (run, cycle) float array (NaN where absent)."""
     if name not in runs:
         return np.full((runs.sizes["run"], runs.sizes["cycle"]), np.nan)
@@ -73,8 +72,8 @@ def _elite_fraction(runs: xr.Dataset, r: int) -> float:
         value = float(runs["elite_fraction"].values[r])
         if np.isfinite(value) and value > 0:
             return value
-    n_elite = np.nansum(_series(runs, "n_elite")[r])
-    n_valid = np.nansum(_series(runs, "n_valid")[r])
+    n_elite = np.nansum(series(runs, "n_elite")[r])
+    n_valid = np.nansum(series(runs, "n_valid")[r])
     return n_elite / n_valid if n_valid > 0 else math.nan
 
 
@@ -116,7 +115,7 @@ def monotone_threshold(runs: xr.Dataset) -> Claim:
     with the Mann-Kendall test deciding the direction, and, with two or more replicate
     runs, Page's L test for an ordered increase across them.
     """
-    gamma = _series(runs, "gamma")
+    gamma = series(runs, "gamma")
     names = [str(v) for v in runs["run"].values]
     rows, steps, slopes = [], [], []
     usable = 0
@@ -194,13 +193,13 @@ def geometric_convergence(runs: xr.Dataset) -> Claim:
     The pure law needs q_t(E) = 1 in every cycle (smoothing identity). The rate kappa
     is fitted per run from log(1 - p_t) on t and its CI compared with 1 - alpha.
     """
-    p = _series(runs, "p_E")
-    q = _series(runs, "q_E")
-    alpha = _series(runs, "alpha")
-    n_elite = _series(runs, "n_elite")
+    p = series(runs, "p_E")
+    q = series(runs, "q_E")
+    alpha = series(runs, "alpha")
+    n_elite = series(runs, "n_elite")
     names = [str(v) for v in runs["run"].values]
     rows, fits = [], []
-    residual = _series(runs, "smoothing_residual")
+    residual = series(runs, "smoothing_residual")
     for r, name in enumerate(names):
         # The hook stores the sampler's alpha with a residual; without one (the LLM) the
         # alpha column is the implied step, which fitting kappa against would be circular.
@@ -276,10 +275,10 @@ def smoothing_identity(runs: xr.Dataset) -> Claim:
     joint set E (theory.cem.simulate_pbil), so a failure there is expected, not a bug; nor
     does it bind an LLM whose alpha blends adapter parameters (``lora.smoothing``).
     """
-    res = _series(runs, "smoothing_residual")
-    p = _series(runs, "p_E")
-    n = _series(runs, "n_cand")
-    alpha = _series(runs, "alpha")
+    res = series(runs, "smoothing_residual")
+    p = series(runs, "p_E")
+    n = series(runs, "n_cand")
+    alpha = series(runs, "alpha")
     ok = np.isfinite(res)
     numbers = {"cycles": int(ok.sum())}
     if ok.sum() < 1:
@@ -322,14 +321,14 @@ def optimality(runs: xr.Dataset) -> Claim:
     converged runs (final p_t(E) > 0.9) that reach different bests.
     """
     rows = []
-    p = _series(runs, "p_E")
+    p = series(runs, "p_E")
     converged = np.array([np.isfinite(row).any() and row[np.isfinite(row)][-1] > 0.9 for row in p])
-    best = _series(runs, "best_so_far")
+    best = series(runs, "best_so_far")
     final_best = np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in best])
     numbers = {"runs": int(p.shape[0]), "converged_runs": int(converged.sum())}
     title = "Converged p_t(E) certifies optimality"
     if "neutral_diversity" in runs:
-        div = _series(runs, "neutral_diversity")
+        div = series(runs, "neutral_diversity")
         first = np.array([row[np.isfinite(row)][0] if np.isfinite(row).any() else np.nan for row in div])
         last = np.array([row[np.isfinite(row)][-1] if np.isfinite(row).any() else np.nan for row in div])
         lost = 1 - last / first
@@ -446,77 +445,6 @@ def proxy_reliability(runs: xr.Dataset) -> Claim:
                  "from rho_S = rho", numbers)
 
 
-# --------------------------------------------------------------------------- readings of repeats
-
-#: Cycle variables of the two readings of repeats, with their labels.
-READING_VARIABLES = {"p_E_inherit": "p_t(E) inherit", "p_E_reject": "p_t(E) reject", "new_share": "new share",
-                     "novel_valid_yield": "novel-valid yield", "repeat_rate": "repeat rate"}
-
-
-def readings_used(runs: xr.Dataset) -> dict[str, str]:
-    """How each run read its repeats, which is the reading its p_E (and so every verdict)
-    uses: ``inherit`` or ``reject``; a store from before ``search.duplicates`` counted
-    repeats as misses, the reject reading (its inherit reading is unavailable)."""
-    values = runs["duplicates"].values if "duplicates" in runs.coords else [None] * runs.sizes["run"]
-    return {str(name): str(v) if v not in (None, "") else "reject (store predates search.duplicates)"
-            for name, v in zip(runs["run"].values, values)}
-
-
-def readings_table(runs: xr.Dataset) -> dict[str, np.ndarray]:
-    """Per cycle, means over runs of :data:`READING_VARIABLES` (NaN where a store lacks one:
-    an old store has no inherit reading)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a cycle no run reached: NaN, as documented
-        return {name: np.nanmean(_series(runs, name), axis=0) if name in runs else np.full(runs.sizes["cycle"], np.nan)
-                for name in READING_VARIABLES}
-
-
-def best_vs_baseline(runs: xr.Dataset) -> list[dict]:
-    """Per run: the best trained candidate against the best zoo baseline on the same proxy.
-
-    Candidates that are repeats (their score inherited from a twin) are left out, so a
-    proposal that reproduces a baseline cannot pass for a better candidate. A store
-    without zoo scores (older runs) gives NaN for the baseline.
-    """
-    out = []
-    for r, name in enumerate(runs["run"].values):
-        run = runs.isel(run=r)
-        score = run["score"].values.astype(float) if "score" in run else np.array([np.nan])
-        if "is_new" in run:
-            score = np.where(run["is_new"].values.astype(bool), score, np.nan)
-        best = float(np.nanmax(score)) if np.isfinite(score).any() else math.nan
-        zoo_best, zoo_name = math.nan, ""
-        if "zoo_score" in run:
-            zs = run["zoo_score"].values.astype(float)
-            if np.isfinite(zs).any():
-                k = int(np.nanargmax(zs))
-                zoo_best, zoo_name = float(zs[k]), str(run["zoo"].values[k])
-        out.append({"run": str(name), "best_candidate": best, "best_baseline": zoo_best, "baseline": zoo_name,
-                    "difference": best - zoo_best})
-    return out
-
-
-# --------------------------------------------------------------------------- across seeds
-
-def seed_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
-    """(mean, lower, upper): Student-t interval of the mean of finite ``values`` over seeds,
-    mean +- t_{(1+level)/2, n-1} s / sqrt(n); NaN bounds below 2 values.
-
-    >>> m, lo, hi = seed_interval([1.0, 2.0, 3.0])
-    >>> m, round(hi - m, 3)   # t_{0.975, 2} = 4.303, s / sqrt(3) = 0.577
-    (2.0, 2.484)
-    """
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
-
-
 # --------------------------------------------------------------------------- delta vs full
 
 def _output_lines(runs: xr.Dataset, mode: str) -> np.ndarray:
@@ -614,44 +542,3 @@ def all_claims(runs: xr.Dataset) -> list[Claim]:
     if dvf is not None:
         claims.append(dvf)
     return claims
-
-
-# --------------------------------------------------------------------------- ablation
-
-#: What an ablation cell is summarised by: name -> (cycle variable, reduction over cycles).
-ABLATION_METRICS = {
-    "final_best": ("best_so_far", "last"),
-    "final_p_E": ("p_E", "last"),
-    "final_gamma": ("gamma", "last"),
-    "mean_valid_rate": ("valid_rate", "mean"),
-}
-
-
-def last_finite(values: xr.DataArray, dim: str = "cycle") -> xr.DataArray:
-    """The last finite value along ``dim`` (NaN where there is none)."""
-    def pick(a: np.ndarray) -> np.ndarray:
-        ok = np.isfinite(a)
-        idx = np.where(ok.any(-1), a.shape[-1] - 1 - np.argmax(ok[..., ::-1], axis=-1), 0)
-        out = np.take_along_axis(a, idx[..., None], axis=-1)[..., 0]
-        return np.where(ok.any(-1), out, np.nan)
-    return xr.apply_ufunc(pick, values.astype(float), input_core_dims=[[dim]])
-
-
-def ablation_summary(grid: xr.Dataset) -> xr.Dataset:
-    """Cell means over seeds of :data:`ABLATION_METRICS`, dims (elite_fraction, novelty_threshold).
-
-    Also ``n_seeds``: seeds that ran in the cell (a partly finished grid shows it).
-    """
-    missing = [d for d in ("elite_fraction", "novelty_threshold") if d not in grid.dims]
-    if missing:
-        raise ValueError(f"an ablation Dataset needs dims elite_fraction and novelty_threshold; missing {missing}")
-    out = {}
-    for name, (var, how) in ABLATION_METRICS.items():
-        if var not in grid:
-            continue
-        values = last_finite(grid[var]) if how == "last" else grid[var].astype(float).mean("cycle", skipna=True)
-        out[name] = values.mean("seed", skipna=True) if "seed" in values.dims else values
-    ran = (grid["n_cand"].fillna(0) > 0).any("cycle") if "n_cand" in grid else None
-    if ran is not None:
-        out["n_seeds"] = ran.sum("seed") if "seed" in ran.dims else ran.astype(int)
-    return xr.Dataset(out)

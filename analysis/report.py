@@ -18,6 +18,7 @@ import xarray as xr
 
 from analysis import claims as cl
 from analysis import plots, tables
+from analysis import summaries as sm
 from analysis.document import Architectures, ClaimBlock, Document, Figure, Section, Text, markdown_block
 from analysis.html import write_document
 from analysis.lineage import top_architectures
@@ -100,7 +101,7 @@ def _status_section(runs: xr.Dataset, figure: Figure) -> Section:
 
 
 def _repeats_section(runs: xr.Dataset) -> Section:
-    kinds = sorted(set(cl.readings_used(runs).values()))
+    kinds = sorted(set(sm.readings_used(runs).values()))
     old = any("predates" in k for k in kinds)
     return Section("Repeats: both readings, and the reference points", [
         Text("A repeat (the same architecture as an archived one: equal code after normalisation, or MinHash "
@@ -139,7 +140,7 @@ def build_document(sources: list[Path], ds: xr.Dataset, out: Path) -> Document:
             + (f"; modes: {', '.join(modes)}" if modes else "")]
     sections = [
         Section("Verdicts", [tables.verdict_table(list(claims.values())), Text(
-            f"Repeats read as: {', '.join(sorted(set(cl.readings_used(runs).values())))} (see 'Repeats').")],
+            f"Repeats read as: {', '.join(sorted(set(sm.readings_used(runs).values())))} (see 'Repeats').")],
             "verdicts"),
         Section(f"Top {TOP_ARCHITECTURES} architectures", [
             Text("Distinct architectures by proxy score; each lists every proposal of it (repeats included), "
@@ -170,7 +171,7 @@ def build_document(sources: list[Path], ds: xr.Dataset, out: Path) -> Document:
         sections.append(Section("Delta vs full generation", [
             tables.generation_table(runs), ClaimBlock(claims["delta_vs_full"])], "delta-vs-full"))
     if {"elite_fraction", "novelty_threshold"} <= set(ds.dims):
-        summary = cl.ablation_summary(ds)
+        summary = sm.ablation_summary(ds)
         heatmap = Figure(plots.plot_heatmaps(summary.drop_vars("n_seeds", errors="ignore"), out / "ablation.png"),
                          "ablation")
         sections.append(Section("Ablation: elite fraction x novelty threshold", [

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from analysis import claims as cl
+from analysis import summaries as sm
 from cem_nas.records import STATUSES
 
 
@@ -89,17 +90,17 @@ def cycle_table(runs: xr.Dataset, r: int) -> Table:
 def readings_table(runs: xr.Dataset) -> Table:
     """Per cycle, means over runs: p_t(E) in both readings of repeats, repeat rate, new share,
     novel-valid yield ('n/a' where a store lacks them: an old store has no inherit reading)."""
-    values = cl.readings_table(runs)
-    names = list(cl.READING_VARIABLES)
+    values = sm.readings_table(runs)
+    names = list(sm.READING_VARIABLES)
     rows = [[str(int(c))] + [fmt(values[n][t]) for n in names] for t, c in enumerate(runs["cycle"].values)]
-    return Table(["cycle"] + [cl.READING_VARIABLES[n] for n in names], rows)
+    return Table(["cycle"] + [sm.READING_VARIABLES[n] for n in names], rows)
 
 
 def baseline_table(runs: xr.Dataset) -> Table:
     """Per run: the best trained candidate against the best zoo baseline on the same proxy."""
     return Table(["run", "best trained candidate", "best zoo baseline", "difference"],
                  [[r["run"], fmt(r["best_candidate"]), f"{fmt(r['best_baseline'])} {r['baseline']}".strip(),
-                   fmt(r["difference"])] for r in cl.best_vs_baseline(runs)])
+                   fmt(r["difference"])] for r in sm.best_vs_baseline(runs)])
 
 
 def _status_counts(runs: xr.Dataset) -> tuple[list[str], np.ndarray]:

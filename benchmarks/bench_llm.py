@@ -26,8 +26,8 @@ import torch
 from cem_nas import zoo
 from cem_nas.build import build
 from cem_nas.novelty import NoveltyArchive
+from cem_nas.policy import check_policy
 from cem_nas.records import Baseline, Elite, TaskSpec
-from cem_nas.sandbox import check_policy
 from cem_nas.sampler.llm import GenerationSettings, LLMSampler, LoRASettings, WarmStartSettings
 from cem_nas.sampler.model import load_model
 

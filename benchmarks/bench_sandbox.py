@@ -1,7 +1,7 @@
 """What the sandbox costs per candidate, against the training itself and against a fresh
 interpreter per candidate; throughput with 1 vs 2 workers.
 
-Three ways to run the same proxy evaluation (cem_nas.evaluate.child_evaluate on mnist5k):
+Three ways to run the same proxy evaluation (cem_nas.proxy_run.child_evaluate on mnist5k):
 
 - in-process: called directly here, no isolation (the floor);
 - sandbox: EvaluationPool.evaluate, a fork of a warm worker with all guards, cache off;
@@ -29,17 +29,17 @@ import time
 import torch
 
 from cem_nas import zoo
+from cem_nas.confinement import ChildOutcome
 from cem_nas.data import load_dataset
-from cem_nas.evaluate import (EvalSettings, EvaluationCache, EvaluationPool, child_evaluate, outcome_result, score,
-                              worker_init)
-from cem_nas.sandbox import ChildOutcome
+from cem_nas.evaluate import EvalSettings, EvaluationCache, EvaluationPool, score
+from cem_nas.proxy_run import child_evaluate, outcome_result, worker_init
 
 NULL_CANDIDATE = "import torch\n"  # no Net: ends at build_error right after exec
 
 FRESH = """
 import json, sys, time, torch
 torch.set_num_threads(1)
-from cem_nas.evaluate import child_evaluate
+from cem_nas.proxy_run import child_evaluate
 state = torch.load(sys.argv[1])
 out = []
 child_evaluate(state, open(sys.argv[2]).read(), 0, json.loads(sys.argv[3]), out.append)

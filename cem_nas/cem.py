@@ -39,15 +39,18 @@ from typing import Any, Iterator
 import numpy as np
 
 from cem_nas import zoo
-from cem_nas.config import ConfigError, RunConfig, to_toml
 from cem_nas.build import build
+from cem_nas.config import ConfigError, RunConfig, to_toml
 from cem_nas.delta import count_lines, make_delta
-from cem_nas.hooks import Candidate, CycleRecord, Hook, Instrumentation, load_user_hook
+from cem_nas.evaluate import Pool
+from cem_nas.hooks import Hook, Instrumentation, load_user_hook
 from cem_nas.novelty import NoveltyArchive
 from cem_nas.progress import Progress, TokenReporter, cycle_line
-from cem_nas.records import Baseline, Elite, EvalResult, Proposal, UpdateStats
+from cem_nas.records import Baseline, Candidate, CycleRecord, Elite, EvalResult, Proposal, UpdateStats
 from cem_nas.repeats import RepeatArchive, inherited
+from cem_nas.sampler.base import Sampler
 from cem_nas.store import RunStore, cycle_dataset
+from theory.cem import elite_count
 
 
 @dataclass
@@ -74,8 +77,10 @@ def candidate_name(cycle: int, cand: int) -> str:
 
 
 def select_elites(cands: list[Candidate], elite_fraction: float) -> tuple[list[Candidate], float]:
-    """Top ceil(rho * n_valid) valid candidates by score (ties: earlier first) and gamma_t.
+    """Top ``elite_count(n_valid, rho)`` valid candidates by score (ties: earlier first) and gamma_t.
 
+    The count is :func:`theory.cem.elite_count`'s, so the loop and the theory agree on it
+    (rho = 0.07 of 100 valid is 7 elites, where ``ceil(0.07 * 100)`` in floating point is 8).
     gamma_t is the lowest elite score: the empirical (1 - rho) quantile of the valid
     scores. No valid candidate: no elites and gamma_t = NaN.
 
@@ -84,18 +89,22 @@ def select_elites(cands: list[Candidate], elite_fraction: float) -> tuple[list[C
     >>> elites, gamma = select_elites(c, 0.5)
     >>> [e.cand for e in elites], gamma
     ([1, 3], 0.9)
+    >>> c = [Candidate(i, "b", -1, status="ok", results=[EvalResult("ok", accuracy=i / 100)])
+    ...      for i in range(100)]
+    >>> len(select_elites(c, 0.07)[0])
+    7
     """
     valid = sorted((c for c in cands if c.status == "ok"), key=lambda c: (-c.score, c.cand))
     if not valid:
         return [], math.nan
-    elites = valid[:max(1, math.ceil(elite_fraction * len(valid)))]
+    elites = valid[:elite_count(len(valid), elite_fraction)]
     return elites, elites[-1].score
 
 
 class CEM:
     """The loop over cycles: owns the sampler, the pool, the archive, the store and the hooks."""
 
-    def __init__(self, cfg: RunConfig, sampler: Any, pool: Any, store: RunStore,
+    def __init__(self, cfg: RunConfig, sampler: Sampler, pool: Pool, store: RunStore,
                  rng: np.random.Generator | None = None, archive: NoveltyArchive | None = None,
                  hooks: list[Hook] | None = None):
         self.cfg = cfg
@@ -105,7 +114,7 @@ class CEM:
         self.rng = rng if rng is not None else np.random.default_rng(cfg.run.seed)
         self.archive = archive if archive is not None else NoveltyArchive(
             threshold=cfg.search.novelty_threshold, num_perm=cfg.novelty.num_perm, shingle=cfg.novelty.shingle)
-        self.instrumentation = Instrumentation(cfg.hooks.gamma_ref, cfg.hooks.level, getattr(sampler, "mode", "delta"))
+        self.instrumentation = Instrumentation(cfg.hooks.gamma_ref, cfg.hooks.level, sampler.mode)
         self.hooks = [self.instrumentation] + (hooks if hooks is not None else [load_user_hook(s) for s in cfg.hooks.user])
         if cfg.hooks.tensorboard:
             from cem_nas.tensorboard import TensorBoardHook
@@ -114,8 +123,7 @@ class CEM:
         self.repeats = RepeatArchive(self.archive if cfg.novelty.enabled else None)
         self.state = LoopState()
         self.display = Progress(cfg.run.progress)
-        if hasattr(sampler, "progress"):  # the LLM shows its optimiser steps on the same console
-            sampler.progress = self.display
+        sampler.progress = self.display  # an LLM shows its optimiser steps on the same console
         self.zoo = zoo_baselines(cfg.search.baselines)
         self.born = {}  # baseline name -> cycle it was born in (absent: zoo)
 
@@ -126,7 +134,7 @@ class CEM:
         seconds: dict[str, float] = {}
         baselines = self.baselines()
         # drift is read off the distribution the proposals are drawn from, before its update
-        neutral_diversity = float(getattr(self.sampler, "neutral_diversity", math.nan))
+        neutral_diversity = self.sampler.neutral_diversity
         with timed(seconds, "sample"):
             proposals = self.sample(baselines, self.cfg.search.candidates)
         by_name = {b.name: b for b in baselines}
@@ -142,7 +150,7 @@ class CEM:
         with timed(seconds, "update"):
             stats = self.update(t, elites, proposals, by_name)
         return CycleRecord(cycle=t, candidates=cands, gamma=gamma, update=stats, seconds=seconds,
-                           baselines=[b.name for b in baselines], alpha=float(getattr(self.sampler, "alpha", math.nan)),
+                           baselines=[b.name for b in baselines], alpha=self.sampler.alpha,
                            replicates=self.cfg.search.replicate_seeds, neutral_diversity=neutral_diversity,
                            zoo={b.name: r for b in self.zoo if (r := self.repeats.result(b.name)) is not None})
 
@@ -175,9 +183,7 @@ class CEM:
         proposals: list[Proposal] = []
         with self.progress(total=n, desc="generate") as bar:
             tokens = TokenReporter(bar)
-            listens = hasattr(self.sampler, "on_decode_step")  # the LLM reports every decoding step
-            if listens:
-                self.sampler.on_decode_step = tokens
+            self.sampler.on_decode_step = tokens  # an LLM reports every decoding step
             try:
                 while len(proposals) < n:
                     shift = len(proposals) % len(baselines)
@@ -185,8 +191,7 @@ class CEM:
                     proposals.extend(batch)
                     tokens.sync(len(proposals), sum(p.completion_tokens for p in proposals))
             finally:
-                if listens:
-                    self.sampler.on_decode_step = None
+                self.sampler.on_decode_step = None
         return proposals
 
     def prepare(self, t: int, i: int, p: Proposal, by_name: dict[str, Baseline]) -> Candidate:
@@ -300,7 +305,7 @@ class CEM:
     def run(self, cycles: int | None = None) -> None:
         """Run cycles until ``cycles`` (default: the config's) are done."""
         total = self.cfg.search.cycles if cycles is None else cycles
-        if getattr(self.sampler, "warm_started", True) is False and self.cfg.sampler.warm_start.enabled:
+        if not self.sampler.warm_started and self.cfg.sampler.warm_start.enabled:
             # before cycle 0, not inside its propose: the warm start shows its own steps, and the
             # cycle's sample time is then generation only (a cached adapter loads in a second)
             self.display.prefix = ""
@@ -339,10 +344,10 @@ class CEM:
 
     def attrs(self) -> dict[str, Any]:
         cfg = self.cfg
-        return {"run_name": cfg.run.name, "sampler": cfg.sampler.kind, "mode": getattr(self.sampler, "mode", ""),
+        return {"run_name": cfg.run.name, "sampler": cfg.sampler.kind, "mode": self.sampler.mode,
                 "seed": cfg.run.seed, "baseline_mode": cfg.search.baseline_mode,
                 "elite_fraction": cfg.search.elite_fraction, "novelty_threshold": cfg.search.novelty_threshold,
-                "sampler_dtype": getattr(self.sampler, "dtype", ""),
+                "sampler_dtype": self.sampler.dtype,
                 "duplicates": cfg.search.duplicates,
                 "config": to_toml(cfg), "versions": json.dumps(versions())}
 
@@ -409,21 +414,19 @@ def versions() -> dict[str, str]:
     return out
 
 
-def pool_cache_state(pool: Any) -> Any:
+def pool_cache_state(pool: Pool) -> Any:
     """The pool's evaluation cache as JSON-able data (None for an executor without one)."""
-    cache = getattr(pool, "cache", None)
-    return cache.state_dict() if cache is not None else None
+    return pool.cache.state_dict() if pool.cache is not None else None
 
 
-def load_pool_cache_state(pool: Any, state: Any) -> None:
-    cache = getattr(pool, "cache", None)
-    if state is not None and cache is not None:
-        cache.load_state_dict(state)
+def load_pool_cache_state(pool: Pool, state: Any) -> None:
+    if state is not None and pool.cache is not None:
+        pool.cache.load_state_dict(state)
 
 
 # ---------------------------------------------------------------- building a run from a config
 
-def build_sampler(cfg: RunConfig, task: Any) -> Any:
+def build_sampler(cfg: RunConfig, task: Any) -> Sampler:
     """The sampling distribution the config names."""
     if cfg.sampler.kind == "grammar":
         from cem_nas.sampler.grammar import GrammarSampler

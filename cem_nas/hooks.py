@@ -1,7 +1,8 @@
 """Per-cycle hooks and the built-in theory instrumentation.
 
-After every cycle the loop hands each hook the cycle's :class:`CycleRecord` (every
-candidate with its final status, the elites, the update statistics, phase timings).
+After every cycle the loop hands each hook the cycle's
+:class:`~cem_nas.records.CycleRecord` (every candidate with its final status, the elites,
+the update statistics, phase timings).
 A hook returns named values: a float becomes a cycle variable (dims ``cycle``), an
 array with one entry per candidate becomes a candidate variable (dims ``cycle, cand``);
 the store writes them with the units and description from the hook's ``variables``.
@@ -14,105 +15,16 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from cem_nas.records import SCORED, STATUSES, EvalResult, UpdateStats
+from cem_nas.records import SCORED, STATUSES, CycleRecord
 from theory import proxy, reliability
 from theory.convergence import wilson_interval
 
 NAN = math.nan
-
-
-@dataclass
-class Candidate:
-    """One proposal through the whole pipeline, with exactly one final ``status``."""
-
-    cand: int
-    baseline: str
-    parent_cycle: int  # cycle the baseline was born in; -1 for a zoo architecture
-    prompt: str = ""
-    response: str = ""
-    delta: str = ""
-    code: str = ""
-    apply_tier: str = ""
-    status: str = ""
-    message: str = ""
-    novelty: float = NAN  # max Jaccard to the archive; NaN when never checked
-    results: list[EvalResult] = field(default_factory=list)  # proxy runs, scoring seed first
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    gen_seconds: float = NAN
-    delta_lines: int = 0
-    code_lines: int = 0
-    is_elite: bool = False
-    stop_reason: str = ""  # why generation ended (eos, fence, length); "" for a sampler that does not generate
-    is_new: bool = False  # a new architecture: archived under this candidate's name, trained
-    twin: str = ""  # name of the archived architecture this is a repeat of; "" when it is none
-    inherited: EvalResult | None = None  # the twin's scoring result, in either reading
-    hint: str = ""  # the kind of edit the prompt asked for (cem_nas.sampler.hints); "" without hints
-    redraws: int = 0  # draws the sampler discarded before this one because they left the parent unchanged
-
-    @property
-    def score_source(self) -> str:
-        """Where the score came from: ``proxy`` (trained here), ``archive`` (a repeat's twin), "" (none)."""
-        if self.twin and self.results:
-            return "archive"
-        return "proxy" if self.results else ""
-
-    def reading(self, duplicates: str) -> tuple[str, float]:
-        """(status, score) when repeats are read as ``duplicates`` says: ``inherit``, a
-        repeat has its twin's status and score; ``reject``, it is an unscored duplicate."""
-        if not self.twin or self.inherited is None:
-            return self.status, self.score
-        if duplicates == "reject":
-            return "duplicate", NAN
-        r = self.inherited
-        return r.status, (r.accuracy if r.scored else NAN)
-
-    @property
-    def score(self) -> float:
-        """Proxy accuracy of the scoring run; NaN unless the candidate was trained and scored."""
-        return self.results[0].accuracy if self.results and self.results[0].scored else NAN
-
-    def rep_scores(self, reps: int) -> list[float]:
-        """Proxy accuracy per replicate seed (rep 0 = score); NaN where not taken or not scored."""
-        out = [r.accuracy if r.scored else NAN for r in self.results[:reps]]
-        return out + [NAN] * (reps - len(out))
-
-    def first(self, name: str, missing: Any) -> Any:
-        """An EvalResult field of the scoring run, or ``missing`` when never evaluated."""
-        return getattr(self.results[0], name) if self.results else missing
-
-
-@dataclass
-class CycleRecord:
-    """Everything one cycle produced, as hooks and the store see it."""
-
-    cycle: int
-    candidates: list[Candidate]
-    gamma: float  # elite threshold gamma_t: lowest elite score; NaN when no elites
-    update: UpdateStats
-    seconds: dict[str, float]  # phase -> wall seconds: sample, apply, evaluate, update
-    baselines: list[str]
-    alpha: float = NAN  # the sampler's known smoothing step; NaN when it has none (LLM without smoothing)
-    replicates: int = 1  # replicate proxy runs per replicated candidate (rep dim length)
-    neutral_diversity: float = NAN  # of the sampler's neutral control coordinate; NaN when it has none
-    zoo: dict[str, EvalResult] = field(default_factory=dict)  # scoring result of each zoo baseline (run start)
-
-    def scores(self) -> np.ndarray:
-        return np.array([c.score for c in self.candidates], dtype=float)
-
-    def statuses(self) -> np.ndarray:
-        return np.array([c.status for c in self.candidates], dtype=object)
-
-    def rep_matrix(self) -> np.ndarray:
-        """(cand, rep) proxy accuracies; NaN where a replicate was not taken."""
-        return np.array([c.rep_scores(self.replicates) for c in self.candidates], dtype=float).reshape(
-            len(self.candidates), self.replicates)
 
 
 class Hook:

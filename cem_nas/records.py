@@ -4,13 +4,16 @@ A candidate's life: a sampler makes a :class:`Proposal`; the delta is applied an
 novelty-checked; the sandbox returns one :class:`EvalResult` per proxy seed; the loop
 turns the best into :class:`Elite` examples for the sampler's update, which reports
 :class:`UpdateStats`. Every candidate ends with exactly one status from
-:data:`STATUSES`.
+:data:`STATUSES`; a :class:`Candidate` is one proposal through that whole pipeline, and a
+:class:`CycleRecord` is everything one cycle produced, as hooks and the store see it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 #: Final statuses, in pipeline order: the first failure a candidate meets is its status.
 STATUSES = (
@@ -127,3 +130,91 @@ class UpdateStats:
     steps: int = 0
     examples: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class Candidate:
+    """One proposal through the whole pipeline, with exactly one final ``status``."""
+
+    cand: int
+    baseline: str
+    parent_cycle: int  # cycle the baseline was born in; -1 for a zoo architecture
+    prompt: str = ""
+    response: str = ""
+    delta: str = ""
+    code: str = ""
+    apply_tier: str = ""
+    status: str = ""
+    message: str = ""
+    novelty: float = math.nan  # max Jaccard to the archive; NaN when never checked
+    results: list[EvalResult] = field(default_factory=list)  # proxy runs, scoring seed first
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    gen_seconds: float = math.nan
+    delta_lines: int = 0
+    code_lines: int = 0
+    is_elite: bool = False
+    stop_reason: str = ""  # why generation ended (eos, fence, length); "" for a sampler that does not generate
+    is_new: bool = False  # a new architecture: archived under this candidate's name, trained
+    twin: str = ""  # name of the archived architecture this is a repeat of; "" when it is none
+    inherited: EvalResult | None = None  # the twin's scoring result, in either reading
+    hint: str = ""  # the kind of edit the prompt asked for (cem_nas.sampler.hints); "" without hints
+    redraws: int = 0  # draws the sampler discarded before this one because they left the parent unchanged
+
+    @property
+    def score_source(self) -> str:
+        """Where the score came from: ``proxy`` (trained here), ``archive`` (a repeat's twin), "" (none)."""
+        if self.twin and self.results:
+            return "archive"
+        return "proxy" if self.results else ""
+
+    def reading(self, duplicates: str) -> tuple[str, float]:
+        """(status, score) when repeats are read as ``duplicates`` says: ``inherit``, a
+        repeat has its twin's status and score; ``reject``, it is an unscored duplicate."""
+        if not self.twin or self.inherited is None:
+            return self.status, self.score
+        if duplicates == "reject":
+            return "duplicate", math.nan
+        r = self.inherited
+        return r.status, (r.accuracy if r.scored else math.nan)
+
+    @property
+    def score(self) -> float:
+        """Proxy accuracy of the scoring run; NaN unless the candidate was trained and scored."""
+        return self.results[0].accuracy if self.results and self.results[0].scored else math.nan
+
+    def rep_scores(self, reps: int) -> list[float]:
+        """Proxy accuracy per replicate seed (rep 0 = score); NaN where not taken or not scored."""
+        out = [r.accuracy if r.scored else math.nan for r in self.results[:reps]]
+        return out + [math.nan] * (reps - len(out))
+
+    def first(self, name: str, missing: Any) -> Any:
+        """An EvalResult field of the scoring run, or ``missing`` when never evaluated."""
+        return getattr(self.results[0], name) if self.results else missing
+
+
+@dataclass
+class CycleRecord:
+    """Everything one cycle produced, as hooks and the store see it."""
+
+    cycle: int
+    candidates: list[Candidate]
+    gamma: float  # elite threshold gamma_t: lowest elite score; NaN when no elites
+    update: UpdateStats
+    seconds: dict[str, float]  # phase -> wall seconds: sample, apply, evaluate, update
+    baselines: list[str]
+    alpha: float = math.nan  # the sampler's known smoothing step; NaN when it has none (LLM without smoothing)
+    replicates: int = 1  # replicate proxy runs per replicated candidate (rep dim length)
+    neutral_diversity: float = math.nan  # of the sampler's neutral control coordinate; NaN when it has none
+    zoo: dict[str, EvalResult] = field(default_factory=dict)  # scoring result of each zoo baseline (run start)
+
+    def scores(self) -> np.ndarray:
+        return np.array([c.score for c in self.candidates], dtype=float)
+
+    def statuses(self) -> np.ndarray:
+        return np.array([c.status for c in self.candidates], dtype=object)
+
+    def rep_matrix(self) -> np.ndarray:
+        """(cand, rep) proxy accuracies; NaN where a replicate was not taken."""
+        return np.array([c.rep_scores(self.replicates) for c in self.candidates], dtype=float).reshape(
+            len(self.candidates), self.replicates)

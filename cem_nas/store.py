@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from cem_nas.hooks import CycleRecord, status_counts
-from cem_nas.records import STATUSES
+from cem_nas.hooks import status_counts
+from cem_nas.records import STATUSES, CycleRecord
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.toml"

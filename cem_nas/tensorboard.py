@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from cem_nas.hooks import CycleRecord, Hook, status_counts
-from cem_nas.records import STATUSES
+from cem_nas.hooks import Hook, status_counts
+from cem_nas.records import STATUSES, CycleRecord
 
 
 def best_delta_text(record: CycleRecord) -> str:

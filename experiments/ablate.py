@@ -25,7 +25,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from analysis.claims import ablation_summary
+from analysis.summaries import ablation_summary
 from analysis.load import load_grid
 from cem_nas import config as C
 from cem_nas.cem import run_search

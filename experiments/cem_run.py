@@ -16,7 +16,7 @@ from pathlib import Path
 from cem_nas import config as C
 from cem_nas import preflight
 from cem_nas.cem import run_search
-from cem_nas.data import DatasetUnavailable
+from cem_nas.data_sources import DatasetUnavailable
 from cem_nas.distributed import SchedulerLost
 from cem_nas.sampler.model import ModelNotAvailable
 from cem_nas.store import RunStore, StoreError, load

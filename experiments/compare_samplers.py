@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 
 from analysis import claims as cl
+from analysis import summaries as sm
 from analysis.load import load
 from analysis.plots import plot_sampler_comparison
 from cem_nas import config as C
@@ -109,7 +110,7 @@ def comparison_dataset(dirs: dict[tuple[str, int], Path], target: float | None =
         reach[i, j] = candidates_to_reach(ds, targets[i, j])
     data = {name: (("sampler", "seed", "cycle"), values) for name, values in curves.items()}
     for name, values in curves.items():
-        summary = np.array([[cl.seed_interval(values[i, :, t], level) for t in range(cycles)]
+        summary = np.array([[sm.seed_interval(values[i, :, t], level) for t in range(cycles)]
                             for i in range(len(samplers))])
         for k, part in enumerate(("mean", "lo", "hi")):
             data[f"{name}_{part}"] = (("sampler", "cycle"), summary[..., k])
@@ -129,8 +130,8 @@ def versus(ds: xr.Dataset, a: str, b: str) -> dict[str, tuple[float, float, floa
     loop's random stream; the seed-to-seed spread of the data cancels in the difference."""
     out = {}
     for name in ("best_so_far", "elite_mean"):
-        last = {s: cl.last_finite(ds[name].sel(sampler=s)).values for s in (a, b)}
-        out[name] = cl.seed_interval(last[a] - last[b], ds.attrs["level"])
+        last = {s: sm.last_finite(ds[name].sel(sampler=s)).values for s in (a, b)}
+        out[name] = sm.seed_interval(last[a] - last[b], ds.attrs["level"])
     return out
 
 
@@ -147,8 +148,8 @@ def summary(ds: xr.Dataset) -> str:
             f"{100 * level:.0f}% t-intervals over seeds; target {_fmt(target)} ({given})",
             f"{'sampler':>8} {'final best [CI]':>24} {'last elite mean [CI]':>24} {'to reach target':>18}"]
     for s in ds["sampler"].values:
-        best = cl.seed_interval(cl.last_finite(ds["best_so_far"].sel(sampler=s)).values, level)
-        elite = cl.seed_interval(cl.last_finite(ds["elite_mean"].sel(sampler=s)).values, level)
+        best = sm.seed_interval(sm.last_finite(ds["best_so_far"].sel(sampler=s)).values, level)
+        elite = sm.seed_interval(sm.last_finite(ds["elite_mean"].sel(sampler=s)).values, level)
         reach = ds["candidates_to_reach"].sel(sampler=s).values
         reached = np.isfinite(reach)
         to_reach = f"{np.median(reach[reached]):.0f} ({reached.sum()}/{len(reach)})" if reached.any() else \

@@ -17,11 +17,12 @@ import pytest
 import xarray as xr
 
 from analysis import claims as cl
+from analysis import summaries as sm
 from analysis.load import as_runs, load, load_grid
 from analysis.report import main as report_main
 from analysis.report import write_report
-from cem_nas.hooks import Candidate, CycleRecord, Instrumentation
-from cem_nas.records import EvalResult, UpdateStats
+from cem_nas.hooks import Instrumentation
+from cem_nas.records import Candidate, CycleRecord, EvalResult, UpdateStats
 from cem_nas.store import RunStore, cycle_dataset
 from theory import cem
 
@@ -262,7 +263,7 @@ def test_ablation_grid_report_has_heatmaps(geometric_run, tmp_path):
     assert dict(grid.sizes)["elite_fraction"] == 2 and dict(grid.sizes)["seed"] == 2
     path = tmp_path / "grid.nc"
     grid.to_netcdf(path)
-    summary = cl.ablation_summary(grid)
+    summary = sm.ablation_summary(grid)
     final = float(run["best_so_far"][-1])
     for (ef, nt), d in shift.items():
         cell = summary.sel(elite_fraction=ef, novelty_threshold=nt)

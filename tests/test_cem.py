@@ -15,6 +15,7 @@ from cem_nas.cem import CEM, build_sampler, make_pool, select_elites
 from cem_nas.config import ConfigError, RunConfig, apply_overrides, to_toml
 from cem_nas.data import load_dataset
 from cem_nas.delta import apply_delta, extract_delta, make_delta
+from cem_nas.progress import QUIET
 from cem_nas.records import STATUSES, EvalResult, Proposal, UpdateStats
 from cem_nas.store import RunStore, load
 from theory import reliability
@@ -123,6 +124,14 @@ class ScriptedSampler:
     """Proposals that hit each early failure, plus valid edits of mlp (one repeated)."""
 
     mode = "delta"
+    dtype = ""
+    alpha = neutral_diversity = math.nan
+    progress = QUIET
+    on_decode_step = None
+    warm_started = True
+
+    def warm_start(self):
+        return UpdateStats()
 
     def __init__(self):
         self.updates = []
@@ -163,6 +172,8 @@ class ScriptedSampler:
 
 class FakePool:
     """Deterministic scores from a hash of the code; records what was submitted."""
+
+    cache = None
 
     def __init__(self):
         self.calls = []

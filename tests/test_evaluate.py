@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from cem_nas import zoo
+from cem_nas.confinement import ChildOutcome, Limits
 from cem_nas.data import load_dataset
-from cem_nas.evaluate import (BatchLoader, EvalSettings, EvaluationCache, EvaluationPool, cache_key, evaluate,
-                              normalise_code, outcome_result, score, secret_order, static_result,
-                              train_copies_in_test)
+from cem_nas.evaluate import (EvalSettings, EvaluationCache, EvaluationPool, cache_key, evaluate, normalise_code,
+                              score, secret_order, static_result, train_copies_in_test)
+from cem_nas.proxy_run import BatchLoader, outcome_result
 from cem_nas.records import STATUSES, EvalResult
-from cem_nas.sandbox import ChildOutcome, Limits
 from test_sandbox import BASE, tiny_dataset
 
 torch.set_num_threads(1)
@@ -217,7 +217,7 @@ def test_test_set_order_tells_a_candidate_nothing(pool, mnist):
 def test_dataset_files_are_unreadable_to_candidates(pool, mnist):
     """The nearest-neighbour-on-the-cached-labels exploit, and the raw file, by Python and
     by torch's native reader."""
-    from cem_nas.sandbox import landlock_abi
+    from cem_nas.confinement import landlock_abi
     cache, raw = mnist.info["cache_file"], mnist.info["source"]
     reads = [f"torch.load({cache!r})"]
     if landlock_abi() >= 1:

@@ -123,6 +123,7 @@ def _elites(proposals, score, rho, rng):
 def test_is_a_sampler_whose_proposals_apply_to_their_baseline():
     sampler = GrammarSampler(alpha=0.5)
     assert isinstance(sampler, Sampler) and sampler.mode == "delta"
+    assert sampler.warm_started and sampler.warm_start().steps == 0 and sampler.dtype == ""
     proposals = sampler.propose(BASELINES, 6, np.random.default_rng(0))
     assert [p.baseline for p in proposals] == ["plainnet", "resnet", "mlp"] * 2
     for p in proposals:

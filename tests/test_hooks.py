@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cem_nas.hooks import Candidate, CycleRecord, Hook, Instrumentation, load_user_hook, retest_correlations
-from cem_nas.records import STATUSES, EvalResult, UpdateStats
+from cem_nas.hooks import Hook, Instrumentation, load_user_hook, retest_correlations
+from cem_nas.records import STATUSES, Candidate, CycleRecord, EvalResult, UpdateStats
 from theory import proxy, reliability
 from theory.convergence import wilson_interval
 

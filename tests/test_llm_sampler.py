@@ -10,6 +10,7 @@ import torch
 
 from cem_nas.records import Baseline, Elite, TaskSpec
 from cem_nas.sampler import lora as lora_sft
+from cem_nas.sampler.base import Sampler
 from cem_nas.sampler.llm import GenerationSettings, LLMSampler, LoRASettings, WarmStartSettings, _FenceStop
 from cem_nas.sampler.model import LoadedModel
 
@@ -136,6 +137,12 @@ def test_fence_stop_criterion(tokenizer):
     open_ = torch.tensor([prompt + tokenizer("```diff\n-a\n+b\n")["input_ids"]])
     stop = _FenceStop(tokenizer, len(prompt))
     assert stop(closed, None).tolist() == [True] and stop(open_, None).tolist() == [False]
+
+
+def test_the_llm_sampler_is_a_sampler(tokenizer):
+    sampler = make_sampler(tokenizer)
+    assert isinstance(sampler, Sampler) and not sampler.warm_started
+    assert math.isnan(sampler.alpha) and math.isnan(sampler.neutral_diversity)
 
 
 def test_propose_is_seeded_and_keeps_global_rng(tokenizer):

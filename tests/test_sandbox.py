@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from cem_nas import zoo
+from cem_nas.confinement import Limits, landlock_abi, readable_roots, run_child
 from cem_nas.evaluate import EvalSettings, EvaluationPool
-from cem_nas.sandbox import (Limits, PolicyViolation, SandboxPool, WorkerStartError, check_policy, landlock_abi,
-                             readable_roots, run_child)
+from cem_nas.policy import PolicyViolation, check_policy
+from cem_nas.sandbox import SandboxPool, WorkerStartError
 from candidates import BASE, hostile
 
 torch.set_num_threads(1)
@@ -228,7 +229,7 @@ TAMPERING = {
     "Tensor.mean forged": (hostile("INIT", "torch.Tensor.mean = lambda self, *a, **k: torch.tensor(1.0)"), "same"),
     "harness scoring patched": (hostile("INIT", "ev = torch.sys.modules['cem_nas.evaluate']\nev.CHANCE_FACTOR = -1.0\n"
                                                 "ev.score = ev.train_copies_in_test = None"), "same"),
-    "harness dtype patched": (hostile("INIT", "torch.sys.modules['cem_nas.evaluate'].PREDICTION_DTYPE = None"),
+    "harness dtype patched": (hostile("INIT", "torch.sys.modules['cem_nas.proxy_run'].PREDICTION_DTYPE = None"),
                               ("train_error", "malformed predictions")),
     "prints megabytes": (hostile("FORWARD", "print('x' * (1 << 20))"), "same"),
     "sets torch's thread count": (hostile("INIT", "torch.set_num_threads(8)"), "not above"),
@@ -293,7 +294,7 @@ def test_dead_worker_is_replaced(arena):
 def test_worker_that_cannot_start_is_a_clear_error_within_seconds(init, args, text):
     start = time.monotonic()
     with pytest.raises(WorkerStartError, match="what to do") as info:
-        SandboxPool(init, args, "cem_nas.evaluate:worker_handle", workers=1)
+        SandboxPool(init, args, "cem_nas.proxy_run:worker_handle", workers=1)
     assert text in str(info.value) and time.monotonic() - start < 30, str(info.value)
 
 

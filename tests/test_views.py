@@ -21,8 +21,7 @@ from analysis.load import as_runs
 from analysis.report import main as report_main
 from cem_nas.cem import run_search
 from cem_nas.config import RunConfig, apply_overrides
-from cem_nas.hooks import Candidate, CycleRecord
-from cem_nas.records import STATUSES, EvalResult, UpdateStats
+from cem_nas.records import STATUSES, Candidate, CycleRecord, EvalResult, UpdateStats
 from cem_nas.store import load
 from cem_nas.tensorboard import TensorBoardHook
 

@@ -139,13 +139,16 @@ def implied_alpha(p_t, q_t, p_next):
 def elite_count(n, rho) -> int:
     """Number of elites among n scored candidates: ``max(1, ceil(rho n))`` (0 when n = 0).
 
-    >>> elite_count(50, 0.1), elite_count(15, 0.2), elite_count(3, 0.1)
-    (5, 3, 1)
+    ``rho n`` is read as the exact product: 0.07 * 100 is 7.000000000000001 in floating
+    point, where a plain ``ceil`` would give 8 elites, not 7.
+
+    >>> elite_count(100, 0.07), elite_count(50, 0.1), elite_count(3, 0.1)
+    (7, 5, 1)
     """
     rho = _check_rho(rho)
     if n <= 0:
         return 0
-    # rho * n in floating point can land a hair above an integer (0.2 * 15 = 3.0000000000000004).
+    # rho * n in floating point can land a hair above an integer (0.07 * 100 = 7.000000000000001).
     return max(1, math.ceil(rho * n - 1e-9))
 
 

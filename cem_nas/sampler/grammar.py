@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from cem_nas import mutations
 from cem_nas.delta import count_tokens, make_delta
+from cem_nas.progress import QUIET, Progress
 from cem_nas.records import Baseline, Elite, Proposal, UpdateStats
 from cem_nas.scope import check_scope
 from theory.cem import elite_frequencies, gini_simpson_diversity, smoothed_update
@@ -60,6 +62,13 @@ class GrammarSampler:
     that edit the training recipe start (and so stay, under CE updates) at keep: the
     distribution lives on the same search space as the LLM's.
     """
+
+    # no weights, no steps worth a bar, no decoding, and nothing to warm: the distribution
+    # starts where ``probs`` puts it
+    dtype = ""
+    progress: Progress = QUIET
+    on_decode_step: Callable[[int, int], None] | None = None
+    warm_started = True
 
     def __init__(self, alpha: float = 0.7, probs=None, seed: int = 0, mode: str = "delta", scope: str = "file"):
         if not 0.0 <= alpha <= 1.0:
@@ -114,6 +123,10 @@ class GrammarSampler:
         return float(-np.mean([self.log_prob(c) for c in elites_choices]))
 
     # -- Sampler protocol ---------------------------------------------------------------
+    def warm_start(self) -> UpdateStats:
+        """Nothing to do (``warm_started`` is always True)."""
+        return UpdateStats()
+
     def propose(self, baselines: list[Baseline], n: int, rng: np.random.Generator | None = None) -> list[Proposal]:
         """``n`` proposals, baselines taken in turn; each renders a fresh choice vector."""
         if not baselines:

@@ -667,6 +667,11 @@ class LLMSampler:
         steps is unknown and the hooks report the implied alpha instead."""
         return float(self.lora.smoothing) if self.lora.smoothing < 1 else math.nan
 
+    @property
+    def neutral_diversity(self) -> float:
+        """NaN: an LLM has no neutral control coordinate to read genetic drift off."""
+        return math.nan
+
     def update(self, elites: list[Elite]) -> UpdateStats:
         """LoRA SFT toward ``elites``, with replay of past elites and corpus pairs.
 
