@@ -375,13 +375,14 @@ class PooledReliability:
     copula: dict
 
 
-def _interval(ci, r: float, n: int, minimum: int) -> tuple[float, float]:
-    """``ci(r, n, LEVEL)``; (NaN, NaN) where its Fisher-z form needs more than ``n`` pairs."""
-    return tuple(float(x) for x in ci(r, n, LEVEL)) if n > minimum else (math.nan, math.nan)
+def _interval(ci, r: float, n: int, minimum: int, level: float) -> tuple[float, float]:
+    """``ci(r, n, level)``; (NaN, NaN) where its Fisher-z form needs more than ``n`` pairs."""
+    return tuple(float(x) for x in ci(r, n, level)) if n > minimum else (math.nan, math.nan)
 
 
-def pooled_reliability(runs: xr.Dataset) -> PooledReliability | None:
-    """Pool rep_score over all runs and cycles; None when fewer than 3 pairs exist."""
+def pooled_reliability(runs: xr.Dataset, level: float = LEVEL) -> PooledReliability | None:
+    """Pool rep_score over all runs and cycles; None when fewer than 3 pairs exist. ``level``:
+    of the intervals (a family of tests passes its Bonferroni-corrected level)."""
     n_candidates = int(candidate_mask(runs).sum())
     if "rep_score" not in runs or runs.sizes.get("rep", 0) < 2:
         return None
@@ -390,7 +391,7 @@ def pooled_reliability(runs: xr.Dataset) -> PooledReliability | None:
     pair = reps[np.isfinite(reps[:, 0]) & np.isfinite(reps[:, 1])][:, :2]
     if len(pair) < 3:
         return None
-    icc = reliability.icc1(reps, level=LEVEL)
+    icc = reliability.icc1(reps, level=level)
     n = len(pair)
     r_p = float(np.corrcoef(pair[:, 0], pair[:, 1])[0, 1])
     r_s = float(stats.spearmanr(pair[:, 0], pair[:, 1]).statistic)
@@ -398,8 +399,8 @@ def pooled_reliability(runs: xr.Dataset) -> PooledReliability | None:
     rho = float(np.clip(icc.icc, -0.999, 0.999))
     return PooledReliability(
         n_architectures=len(reps), n_candidates=n_candidates, n_pairs=n, icc=icc, pearson=r_p,
-        spearman=r_s, spearman_ci=_interval(proxy.spearman_ci, r_s, n, 3),
-        kendall=tau, kendall_ci=_interval(proxy.kendall_ci, tau, n, 4),
+        spearman=r_s, spearman_ci=_interval(proxy.spearman_ci, r_s, n, 3, level),
+        kendall=tau, kendall_ci=_interval(proxy.kendall_ci, tau, n, 4, level),
         arcsin_prediction=float(proxy.spearman_from_pearson(rho)),
         moran_expectation=float(proxy.moran_expected_spearman(rho, n)),
         proxy_spearman_from_snr=float(proxy.spearman_from_snr(max(float(icc.snr), 0.0))),
@@ -409,14 +410,15 @@ def pooled_reliability(runs: xr.Dataset) -> PooledReliability | None:
     )
 
 
-def proxy_reliability(runs: xr.Dataset) -> Claim:
+def proxy_reliability(runs: xr.Dataset, level: float = LEVEL) -> Claim:
     """The arcsin law for the proxy, pooled over all evaluated architectures.
 
     With replicate proxy runs the test-retest Pearson is ICC(1), so the law predicts a
     test-retest Spearman of (6/pi) arcsin(ICC/2); with n pairs the observed Spearman is
-    compared to Moran's finite-n expectation, not to that asymptote.
+    compared to Moran's finite-n expectation, not to that asymptote. ``level`` is the
+    Spearman interval's (one test of a Bonferroni family of m passes 1 - (1 - LEVEL)/m).
     """
-    pooled = pooled_reliability(runs)
+    pooled = pooled_reliability(runs, level)
     if pooled is None or pooled.n_architectures < MIN_ARCHITECTURES:
         have = 0 if pooled is None else pooled.n_architectures
         return Claim("arcsin", "Proxy reliability: the arcsin law", NOT_ENOUGH,
@@ -431,7 +433,7 @@ def proxy_reliability(runs: xr.Dataset) -> Claim:
                "pairs_needed": pooled.pairs_needed}
     text = (f"pooled over {pooled.n_architectures} architectures ({pooled.n_pairs} test-retest pairs, "
             f"{pooled.n_candidates} candidates): observed Spearman {_fmt(pooled.spearman)} "
-            f"[{_fmt(lo)}, {_fmt(hi)}], Moran expectation {_fmt(pooled.moran_expectation)}, "
+            f"[{_fmt(lo)}, {_fmt(hi)}] ({100 * level:.3g}% CI), Moran expectation {_fmt(pooled.moran_expectation)}, "
             f"arcsin asymptote {_fmt(pooled.arcsin_prediction)} from ICC {_fmt(float(pooled.icc.icc))}")
     if not consistent:
         return Claim("arcsin", "Proxy reliability: the arcsin law", NOT_SUPPORTED,
@@ -486,7 +488,7 @@ def generation_table(runs: xr.Dataset) -> dict[str, dict]:
             "statuses": {s: int((status == s).sum()) for s in sorted(set(status))},
             "score_mean": float(valid_scores.mean()) if len(valid_scores) else math.nan,
             "score_best": float(valid_scores.max()) if len(valid_scores) else math.nan,
-            "scores": valid_scores,
+            "scores": valid_scores, "lines": lines, "tokens": tokens,
             "lines_per_proposal": float(np.nanmean(lines)) if n else math.nan,
             "tokens_per_proposal": float(np.nanmean(tokens)) if n else math.nan,
             "lines_per_valid": float(np.nansum(lines) / k) if k else math.nan,

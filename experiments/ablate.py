@@ -74,7 +74,7 @@ def run_cell(cfg: C.RunConfig) -> tuple[Path, str]:
     if blocking:
         listing = ", ".join(f"{k} (cell has {a!r}, now {b!r})" for k, (a, b) in blocking.items())
         raise C.ConfigError(f"cell {root} was run with another config: {listing}; "
-                            "use another --out for a different ablation")
+                            "use another --out for a different study")
     if done >= cfg.search.cycles:
         return root, "complete"
     return run_search(cfg, resume_dir=root), f"resumed at cycle {done}"
