@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from analysis import claims as cl
+from analysis import summaries
 from analysis.load import as_runs, load
 from analysis.tables import Table, fmt, to_markdown
 from cem_nas.store import RunStore
@@ -93,11 +94,11 @@ def _models(runs: xr.Dataset) -> list[str]:
 
 def _seconds_interval(values) -> tuple[float, float, float]:
     """Student-t interval of mean seconds, its lower end cut at 0 (a duration is not negative)."""
-    mean, lo, hi = cl.seed_interval(values)
+    mean, lo, hi = summaries.seed_interval(values)
     return mean, max(lo, 0.0) if math.isfinite(lo) else lo, hi
 
 
-def _mean_ci(values: np.ndarray, digits: int = 3, interval=cl.seed_interval) -> str:
+def _mean_ci(values: np.ndarray, digits: int = 3, interval=summaries.seed_interval) -> str:
     """'mean [lo, hi] (n=...)': ``interval`` (Student t) of the mean over the finite values."""
     mean, lo, hi = interval(values)
     return f"{fmt(mean, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}] (n={int(np.isfinite(values).sum())})"

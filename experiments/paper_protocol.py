@@ -44,7 +44,8 @@ OWNED = {"sampler.model": "--models", "sampler.mode": "--modes", "run.name": "--
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.paper_protocol", description=__doc__,
+    # no abbreviations: ``--model`` must not silently mean ``--models``
+    p = argparse.ArgumentParser(prog="python -m experiments.paper_protocol", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base TOML config of every run "
                    "(default %(default)s)")
