@@ -30,7 +30,9 @@ from typing import Any
 from cem_nas.evaluate import EvalSettings
 from cem_nas.repeats import READINGS
 from cem_nas.scope import SCOPES
-from cem_nas.sampler.llm import DECODERS, ENGINES, GenerationSettings, HintSettings, LoRASettings, WarmStartSettings
+from cem_nas.sampler.hints import HintSettings
+from cem_nas.sampler.lora import LoRASettings
+from cem_nas.sampler.settings import DECODERS, ENGINES, GenerationSettings, WarmStartSettings
 from cem_nas.sampler.model import DTYPES
 from cem_nas.sampler.openai_engine import OpenAISettings
 

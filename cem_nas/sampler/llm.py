@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -35,6 +35,7 @@ from cem_nas.sampler.lora import LoRASettings
 from cem_nas.sampler.model import LoadedModel, cache_root, load_model
 from cem_nas.sampler.openai_engine import OpenAIEngine, OpenAISettings
 from cem_nas.sampler.prompt_kv import PromptKV
+from cem_nas.sampler.settings import ENGINES, GenerationSettings, WarmStartSettings
 from cem_nas.scope import check_scope
 from cem_nas.sampler.prompts import (
     TEMPLATE_VERSION, check_mode, closes_block, cut_after_block, format_completion, render_prompt,
@@ -44,9 +45,6 @@ __all__ = ["GenerationSettings", "HintSettings", "LLMSampler", "LoRASettings", "
 
 STATE_VERSION = 1
 log = logging.getLogger(__name__)
-DECODERS = ("shared_prefix", "hf")
-#: Where proposals are generated: in-process with transformers, or on an OpenAI-compatible server.
-ENGINES = ("hf", "openai")
 
 
 class Generated(NamedTuple):
@@ -59,101 +57,6 @@ class Generated(NamedTuple):
     """New tokens, EOS and padding excluded."""
     stop_reason: str
     """eos, fence (the fenced block closed) or length (the token budget ran out)."""
-
-
-@dataclass
-class GenerationSettings:
-    """How proposals are sampled."""
-
-    temperature: float = 0.5
-    """Softmax temperature; 0 means greedy decoding. 0.5 keeps the embedded 135M model on
-    the diff format it was warm-started on while still varying the edits."""
-    top_p: float = 0.9
-    """Nucleus sampling mass (1.0 disables)."""
-    top_k: int = 0
-    """Top-k cut-off; 0 disables it (otherwise transformers' default 50 would apply)."""
-    max_new_tokens: int = 288
-    """Token budget of one delta-mode answer. The default warm-start corpus' fenced
-    completions (SmolLM2 tokens, EOS included) have median 113, p99 241, max 275; a
-    budget ~20% over the p99 stops runaway answers early (raise it with a longer corpus)."""
-    max_new_tokens_full: int = 1024
-    """Token budget of one full-mode answer (a whole file)."""
-    batch_size: int = 64
-    """Rows decoded together. With the shared-prefix decoder a step grows far slower than
-    the rows (measured with benchmarks.bench_generation's step_seconds, embedded model,
-    bf16, one 730-token prompt, 1 thread, load average ~12 on 2 cores: 0.48 s per step at
-    1 row, 0.66 at 12, 1.20 at 50), so the default takes a whole cycle in one batch."""
-    decoder: str = "shared_prefix"
-    """shared_prefix: one prefill per distinct prompt, k completions from its keys/values
-    (cem_nas.sampler.decode; falls back to hf for model families it does not know);
-    hf: transformers' generate, one left-padded row per proposal (the earlier path)."""
-    repetition_penalty: float = 1.0
-    """transformers' repetition penalty; 1.0 disables it."""
-    few_shot: int = 0
-    """Warm-start corpus deltas of other baselines shown in each prompt as examples, drawn
-    afresh per proposal (0: none); prompts grow by ~100 tokens per example. Measured with
-    the embedded model and the default warm start (trained without examples): 2 examples
-    cut the share of 50 deltas that apply and build from 0.58 to 0.08, the model copying
-    the examples' context lines. Meant for larger models or a warm start with examples."""
-    redraw_unchanged: int = 0
-    """Rounds in which a proposal outside the search space is drawn again from the same
-    prompt: one that leaves its parent unchanged (its delta applies and changes nothing, or
-    its file is the parent's) or, under search.scope = architecture, changes the fixed
-    training recipe (status out_of_scope). The sampler then draws from p_theta restricted to
-    the feasible answers, by acceptance-rejection (as for a CE density truncated to a
-    feasible set: Rubinstein & Kroese, The Cross-Entropy Method, 2004). Answers that do not
-    parse or apply are kept, so format failures stay visible. What remains infeasible after
-    the last round is kept; every proposal counts its discarded draws (store variable
-    ``redraws``). 0 keeps every first draw."""
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.batch_size < 1:
-            raise ValueError(f"GenerationSettings needs temperature>=0, 0<top_p<=1, top_k>=0, batch_size>=1; got {self}")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"GenerationSettings.decoder must be one of {DECODERS}; got {self.decoder!r}")
-        if self.few_shot < 0:
-            raise ValueError(f"few_shot must be >= 0; got {self.few_shot}")
-        if self.max_new_tokens < 1 or self.max_new_tokens_full < 1:
-            raise ValueError(f"max_new_tokens and max_new_tokens_full must be >= 1; got {self}")
-        if self.redraw_unchanged < 0:
-            raise ValueError(f"redraw_unchanged is a number of rounds >= 0; got {self.redraw_unchanged}")
-
-
-@dataclass
-class WarmStartSettings:
-    """The LoRA fine-tune on the curated corpus before cycle 0."""
-
-    enabled: bool = True
-    """Warm-start before the first proposal (an untuned small model writes prose, not diffs)."""
-    corpus_size: int = 48
-    """Number of (before, after, delta) pairs drawn from cem_nas.corpus.build_corpus."""
-    corpus_seed: int = 0
-    """Seed of the corpus (part of the cache key)."""
-    max_edits: int = 1
-    """Grammar coordinates one corpus pair changes (1..max_edits): single edits give short deltas."""
-    context: int = 1
-    """Context lines of each corpus delta (1: short completions, still enough to anchor a hunk)."""
-    max_changed: int = 4
-    """Drop corpus pairs whose delta removes plus adds more lines than this (0: keep all)."""
-    balance: bool = False
-    """Take the corpus pairs in turn over the kind of edit (``build_corpus(balance=True)``),
-    so that the shortest kinds (dropout and optimizer literals) do not dominate what the
-    warm-started model knows; hints always use a balanced corpus."""
-    steps: int = 24
-    """Optimiser steps of the warm start."""
-    batch_size: int = 4
-    """Examples per warm-start step."""
-    lr: float = 2e-3
-    """AdamW learning rate of the warm start (a 135M model with rank-16 LoRA learns the
-    format in tens of steps at 1e-3 to 3e-3)."""
-    cache: bool = True
-    """Reuse (and write) the warm-started adapter under the user cache."""
-
-    def __post_init__(self) -> None:
-        if self.corpus_size < 1 or self.max_edits < 1 or self.context < 0 or self.max_changed < 0:
-            raise ValueError(f"WarmStartSettings needs corpus_size>=1, max_edits>=1, context>=0, max_changed>=0; got {self}")
-        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError(f"WarmStartSettings needs steps>=0, batch_size>=1, lr>0; got {self}")
 
 
 class _FenceStop:
