@@ -1,6 +1,7 @@
-"""Generation and CE-update speed, the earlier path vs the current one, embedded SmolLM2-135M.
+"""Generation and CE-update speed, the earlier path vs the current one, per embedded model.
 
-    python -m benchmarks.bench_generation                 # everything, ~10 min on a quiet 2-core box
+    python -m benchmarks.bench_generation                 # both models, both paths: long
+    python -m benchmarks.bench_generation --models qwen2.5-coder-0.5b --paths new
     python -m benchmarks.bench_generation --profile       # + torch.profiler's top ops of one new-path cycle
 
 Old path: float32 weights, transformers' generate with one left-padded row per proposal in
@@ -10,7 +11,8 @@ batch, the CE update in the same dtype. Both sample with the same warm-started a
 (the default config's warm start, cached; trained under the new dtype policy) so they draw
 from the same distribution. Printed, old and new side by side in one run:
 
-1. the matmul rate in float32 and bfloat16 (1024x576 @ 576x1536, median of 10);
+1. the matmul rate in float32 and bfloat16 (1024 tokens through the model's MLP up-projection,
+   median of 10);
 2. seconds per decode step at 1, 12 and 50 rows on one prompt (32 forced steps, minus the
    prefill): the new path should be nearly flat in the rows;
 3. proposals per second at ``--samples`` proposals over the 10 zoo baselines, with the
@@ -39,6 +41,7 @@ from cem_nas.config import load_toml
 from cem_nas.records import Baseline, Elite, TaskSpec
 from cem_nas.sampler import lora as lora_sft
 from cem_nas.sampler.decode import SamplingRule, decode
+from cem_nas.sampler.embedded import DEFAULT_MODEL
 from cem_nas.sampler.llm import LLMSampler
 from cem_nas.sampler.model import load_model
 
@@ -46,10 +49,10 @@ TASK = TaskSpec("mnist5k", (1, 28, 28), 10)
 DEFAULT_TOML = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "default.toml"
 
 
-def matmul_rate(dtype: torch.dtype, repeats: int = 10) -> float:
-    """GFLOP/s of a 1024x576 @ 576x1536 matmul (a 1024-token prefill through one of
-    SmolLM2's MLP projections), median of ``repeats``."""
-    a, b = torch.randn(1024, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+def matmul_rate(dtype: torch.dtype, k: int = 576, n: int = 1536, repeats: int = 10) -> float:
+    """GFLOP/s of a 1024 x k @ k x n matmul (a 1024-token prefill through one MLP
+    projection: SmolLM2's by default), median of ``repeats``."""
+    a, b = torch.randn(1024, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     for _ in range(3):
         a @ b
     times = []
@@ -57,7 +60,7 @@ def matmul_rate(dtype: torch.dtype, repeats: int = 10) -> float:
         t0 = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t0)
-    return 2 * 1024 * 576 * 1536 / statistics.median(times) / 1e9
+    return 2 * 1024 * k * n / statistics.median(times) / 1e9
 
 
 def flops_per_token(model) -> tuple[float, float, int, int, int]:
@@ -159,12 +162,117 @@ def profile_cycle(sampler: LLMSampler, baselines: list[Baseline], n: int, rows: 
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
 
 
+def timed_proposals(sampler: LLMSampler, baselines: list[Baseline], n: int, seed: int, shared: bool, rate: float,
+                    repeats: int) -> tuple[float, float, list]:
+    """(median seconds, median measured / roofline, proposals of the last repeat) of
+    ``repeats`` generations of ``n`` proposals, printed one line each."""
+    seconds, ratios = [], []
+    for r in range(repeats):
+        proposals, took = propose_timed(sampler, baselines, n, seed + r)
+        tokens = [p.completion_tokens for p in proposals]
+        reasons = {k: sum(p.stop_reason == k for p in proposals) for k in ("eos", "fence", "length")}
+        floor = roofline_of(sampler, proposals, shared, rate)
+        seconds.append(took)
+        ratios.append(took / floor)
+        print(f"    {n} proposals in {took:.1f} s = {n / took:.3f}/s ({sum(tokens) / took:.0f} new tok/s; completion "
+              f"tokens median {statistics.median(tokens):.0f}, stop {reasons}); roofline {floor:.1f} s "
+              f"(measured / roofline {took / floor:.1f})", flush=True)
+    return statistics.median(seconds), statistics.median(ratios), proposals
+
+
+def bench_model(model: str, args) -> dict[str, dict]:
+    """Figures of the paths in ``args.paths`` for one embedded model: decode-step seconds,
+    proposals/s against the roofline, CE-update seconds."""
+    cfg = load_toml(args.config).sampler
+    if args.warm_steps >= 0:
+        cfg.warm_start.steps = args.warm_steps
+    samplers = {}
+    if "new" in args.paths:
+        samplers["new"] = LLMSampler(
+            TASK, load_model(model, "cpu", dtype=cfg.dtype), lora=cfg.lora, seed=args.seed, warm_start=cfg.warm_start,
+            generation=dataclasses.replace(cfg.generation, decoder="shared_prefix", batch_size=max(args.samples, 1)))
+    if "old" in args.paths:
+        # the old path re-encoded every prompt in every pass and step, with the adapter's dropout
+        samplers["old"] = LLMSampler(
+            TASK, load_model(model, "cpu", dtype="float32"), seed=args.seed,
+            lora=dataclasses.replace(cfg.lora, fixed_context=False, update_dropout=cfg.lora.dropout),
+            generation=dataclasses.replace(cfg.generation, decoder="hf", batch_size=args.old_batch),
+            warm_start=cfg.warm_start)
+    first = next(iter(samplers.values()))
+    shape = first.model.config
+    rates = {str(d).split(".")[1]: matmul_rate(d, shape.hidden_size, shape.intermediate_size)
+             for d in (torch.float32, torch.bfloat16)}
+    print(f"  matmul 1024x{shape.hidden_size} @ {shape.hidden_size}x{shape.intermediate_size} (its MLP): float32 "
+          f"{rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.0f} GFLOP/s (the floors' rate)", flush=True)
+    warm_dir = first.warm_start_dir()  # before the warm start: building the corpus changes the key
+    t0 = time.perf_counter()
+    warm = first.warm_start()
+    print(f"  warm start: {time.perf_counter() - t0:.0f} s, corpus NLL {warm.elite_nll_before:.3f} -> "
+          f"{warm.elite_nll_after:.3f}", flush=True)
+    for sampler in samplers.values():
+        if sampler is not first:
+            sampler.load(warm_dir)
+            sampler.warm_started = True
+    if "old" in samplers:
+        samplers["old"].prompt_kv = None  # the old path prefilled every prompt of every pass
+    for label, sampler in samplers.items():
+        print(f"  {label}: {sampler.describe()}", flush=True)
+
+    baselines = [Baseline(name, zoo.source(name)) for name in zoo.names()]
+    prompt = first.prompt_for(baselines[0].code)
+    figures: dict[str, dict] = {label: {} for label in samplers}
+    if args.step_rows:
+        print(f"  decode step seconds (one {len(lora_sft.encode_prompt(first.tokenizer, prompt))}-token prompt, "
+              f"{args.steps} steps):")
+    for rows in args.step_rows:
+        for label, sampler in samplers.items():
+            figures[label][f"step@{rows}"] = step_seconds(sampler, prompt, rows, args.steps)
+        print("    " + f"{rows:>3} rows: " + "   ".join(f"{label} {f[f'step@{rows}']:.3f}" for label, f in figures.items()),
+              flush=True)
+    proposals = []
+    if not args.update_only:
+        for label, sampler in samplers.items():
+            n = args.samples if label == "new" else args.old_samples
+            print(f"  {label} path, {n} proposals over the {len(baselines)} zoo baselines:")
+            seconds, ratio, proposals_of = timed_proposals(sampler, baselines, n, args.seed, label == "new",
+                                                           rates["bfloat16"], args.repeats)
+            figures[label] |= {"proposals/s": n / seconds, "x roofline": ratio}
+            proposals = proposals_of if label == "new" else proposals
+
+    new = samplers.get("new", first)
+    elites = []
+    for p in proposals:
+        try:  # the update refuses deltas that look truncated: take those it accepts
+            new.completion_for(p.delta or "")
+        except ValueError:
+            continue
+        elites.append(Elite(p.baseline, p.prompt, p.delta, 1.0, 0))
+    elites = elites[:4]
+    if len(elites) < 4:  # too few parseable proposals: corpus pairs keep the update timed
+        elites += [Elite(f"corpus{i}", pr, c, 1.0, 0) for i, (pr, c) in enumerate(new.corpus_examples()[: 4 - len(elites)])]
+    print(f"  CE update at {args.config}'s sampler.lora (steps {cfg.lora.steps}, batch {cfg.lora.batch_size}), "
+          f"{len(elites)} elites, {args.updates} updates per path:")
+    for label, sampler in samplers.items():
+        runs = update_runs(sampler, elites, args.updates, [sampler.prompt_for(b.code) for b in baselines])
+        figures[label]["update s"] = statistics.median(r.seconds for r in runs)
+        print(f"    {label}: median {figures[label]['update s']:.1f} s  {[round(r.seconds, 1) for r in runs]}; "
+              f"elite NLL {runs[0].elite_nll_before:.4f} -> {[round(r.elite_nll_after, 4) for r in runs]}", flush=True)
+    if args.profile and "new" in samplers:
+        print("\n  torch.profiler, one new-path cycle, top ops by self CPU time:")
+        profile_cycle(samplers["new"], baselines, args.samples)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL, "smollm2"],
+                        help="embedded models, side by side (default %(default)s)")
+    parser.add_argument("--paths", nargs="+", default=["old", "new"], choices=["old", "new"])
     parser.add_argument("--samples", type=int, default=50, help="proposals per cycle, new path")
     parser.add_argument("--old-samples", type=int, default=24,
                         help="proposals of the old path (its rate does not depend on the count: batches of 12)")
     parser.add_argument("--old-batch", type=int, default=12, help="the old path's generation batch size")
+    parser.add_argument("--repeats", type=int, default=3, help="timed generations per path (the median is kept)")
     parser.add_argument("--updates", type=int, default=3, help="CE updates timed per path")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: 2 if the load average is below 3, else 1)")
     parser.add_argument("--config", default=str(DEFAULT_TOML), help="config whose sampler settings are 'default'")
@@ -180,81 +288,15 @@ def main() -> None:
     threads = args.threads or (2 if os.getloadavg()[0] < 3 else 1)
     torch.set_num_threads(threads)
     print(f"torch threads: {threads}; load average before: {os.getloadavg()}", flush=True)
-    cfg = load_toml(args.config).sampler
-    if args.warm_steps >= 0:
-        cfg.warm_start.steps = args.warm_steps
-    rates = {"float32": matmul_rate(torch.float32), "bfloat16": matmul_rate(torch.bfloat16)}
-    print(f"matmul 1024x576 @ 576x1536: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.0f} GFLOP/s")
-
-    new_gen = dataclasses.replace(cfg.generation, decoder="shared_prefix", batch_size=max(args.samples, 1))
-    old_gen = dataclasses.replace(cfg.generation, decoder="hf", batch_size=args.old_batch)
-    new = LLMSampler(TASK, load_model(cfg.model, "cpu", dtype=cfg.dtype), lora=cfg.lora, generation=new_gen,
-                     warm_start=cfg.warm_start, seed=args.seed)
-    # the old path re-encoded every prompt in every pass and step, with the adapter's dropout
-    old = LLMSampler(TASK, load_model(cfg.model, "cpu", dtype="float32"),
-                     lora=dataclasses.replace(cfg.lora, fixed_context=False, update_dropout=cfg.lora.dropout),
-                     generation=old_gen,
-                     warm_start=dataclasses.replace(cfg.warm_start, enabled=False), seed=args.seed)
-    print(f"new: {new.describe()}\nold: {old.describe()}", flush=True)
-    warm_dir = new.warm_start_dir()  # before the warm start: building the corpus changes the key
-    t0 = time.perf_counter()
-    warm = new.warm_start()
-    print(f"warm start (new dtype policy): {time.perf_counter() - t0:.0f} s, corpus NLL "
-          f"{warm.elite_nll_before:.3f} -> {warm.elite_nll_after:.3f}", flush=True)
-    old.load(warm_dir)
-    old.warm_started = True
-    old.prompt_kv = None  # the old path prefilled every prompt of every pass
-
-    baselines = [Baseline(name, zoo.source(name)) for name in zoo.names()]
-    prompt = new.prompt_for(baselines[0].code)
-    if args.step_rows:
-        print(f"\ndecode step seconds (one {len(lora_sft.encode_prompt(new.tokenizer, prompt))}-token prompt, "
-              f"{args.steps} steps):")
-    for rows in args.step_rows:
-        print(f"  {rows:>3} rows: old {step_seconds(old, prompt, rows, args.steps):.3f}   "
-              f"new {step_seconds(new, prompt, rows, args.steps):.3f}", flush=True)
-
-    results = {}
-    for label, sampler, n, shared, rate in () if args.update_only else (("old", old, args.old_samples, False, rates["bfloat16"]),
-                                             ("new", new, args.samples, True, rates["bfloat16"])):
-        proposals, seconds = propose_timed(sampler, baselines, n, args.seed)
-        tokens = [p.completion_tokens for p in proposals]
-        reasons = {r: sum(p.stop_reason == r for p in proposals) for r in ("eos", "fence", "length")}
-        floor = roofline_of(sampler, proposals, shared, rate)
-        results[label] = (n / seconds, proposals)
-        print(f"\n{label}: {n} proposals in {seconds:.1f} s = {n / seconds:.3f} proposals/s "
-              f"({sum(tokens) / seconds:.0f} new tok/s; completion tokens median {statistics.median(tokens):.0f}, "
-              f"stop reasons {reasons}); roofline {floor:.1f} s at the bf16 rate "
-              f"(measured / roofline = {seconds / floor:.1f})", flush=True)
-    if results:
-        print(f"\nproposals/s new / old = {results['new'][0] / results['old'][0]:.2f} (target >= 5)")
-
-    elites = []
-    for p in results["new"][1] if "new" in results else []:
-        try:  # the update refuses deltas that look truncated: take those it accepts
-            new.completion_for(p.delta or "")
-        except ValueError:
-            continue
-        elites.append(Elite(p.baseline, p.prompt, p.delta, 1.0, 0))
-    elites = elites[:4]
-    if len(elites) < 4:  # too few parseable proposals: corpus pairs keep the update timed
-        elites += [Elite(f"corpus{i}", pr, c, 1.0, 0) for i, (pr, c) in enumerate(new.corpus_examples()[: 4 - len(elites)])]
-    print(f"\nCE update at {args.config}'s sampler.lora (steps {cfg.lora.steps}, batch {cfg.lora.batch_size}), "
-          f"{len(elites)} elites, {args.updates} updates per path:")
-    # the new path once more with every step's prompts re-encoded: what fixed_context alone buys
-    fresh = dataclasses.replace(new.lora, fixed_context=False)
-    times = {}
-    for label, sampler, lora in (("old", old, old.lora), ("new, fresh context", new, fresh), ("new", new, new.lora)):
-        sampler.lora = lora
-        runs = update_runs(sampler, elites, args.updates, [sampler.prompt_for(b.code) for b in baselines])
-        times[label] = [r.seconds for r in runs]
-        print(f"  {label}: median {statistics.median(times[label]):.1f} s  {[round(t, 1) for t in times[label]]}; "
-              f"elite NLL {runs[0].elite_nll_before:.4f} -> {[round(r.elite_nll_after, 4) for r in runs]}", flush=True)
-    print(f"  new / old = {statistics.median(times['new']) / statistics.median(times['old']):.2f} (target <= 0.33); "
-          f"fixed / fresh context = {statistics.median(times['new']) / statistics.median(times['new, fresh context']):.2f}")
-    if args.profile:
-        print("\ntorch.profiler, one new-path cycle, top ops by self CPU time:")
-        profile_cycle(new, baselines, args.samples)
+    table = {}
+    for model in args.models:
+        print(f"\n== {model}", flush=True)
+        table[model] = bench_model(model, args)
+    columns = [f"step@{r}" for r in args.step_rows] + ["proposals/s", "x roofline", "update s"]
+    print("\n| model | path | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns))
+    for model, paths in table.items():
+        for label, f in paths.items():
+            print(f"| {model} | {label} | " + " | ".join(f"{f[c]:.3f}" if c in f else "-" for c in columns) + " |")
     print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -93,9 +93,13 @@ def next_tokens(logits, rule: SamplingRule, generator, seen=None):
     if rule.top_p >= 1.0 and k == vocab:  # the whole distribution
         return _inverse_cdf(logits.softmax(-1), None, generator)
     width = k if k < vocab or rule.top_p >= 1.0 else min(CANDIDATES, vocab)
+    # without a top-k cut the nucleus is normalised over the whole vocabulary: one fused
+    # softmax, then the largest probabilities (2.3 + 7.6 ms at 50 rows x 152k tokens on this
+    # CPU, against 5.2 ms more for a separate logsumexp over the logits)
+    ranked = logits if k < vocab else logits.softmax(-1)
     while True:
-        values, index = torch.topk(logits, width, dim=-1)  # descending
-        probs = (values - torch.logsumexp(values if k < vocab else logits, -1, keepdim=True)).exp()
+        values, index = torch.topk(ranked, width, dim=-1)  # descending
+        probs = (values - torch.logsumexp(values, -1, keepdim=True)).exp() if k < vocab else values
         if rule.top_p >= 1.0:
             break
         keep = probs.cumsum(-1) - probs < rule.top_p  # the mass ranked above a token is below top_p
