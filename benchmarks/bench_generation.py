@@ -1,4 +1,4 @@
-"""Generation and CE-update speed, the earlier path vs the current one, embedded SmolLM2-135M.
+"""Generation and CE-update speed, the earlier path vs the current one, with the config's model.
 
     python -m benchmarks.bench_generation                 # everything, ~10 min on a quiet 2-core box
     python -m benchmarks.bench_generation --profile       # + torch.profiler's top ops of one new-path cycle
