@@ -1,6 +1,6 @@
 """Does the LLM keep proposing new valid architectures under the CE update?
 
-Runs a short real CEM search (embedded SmolLM2, default.toml plus the setting's
+Runs a short real CEM search (default.toml's embedded model, default.toml plus the setting's
 overrides) per named setting and prints per cycle, i.e. after 0, 1, 2, ... updates:
 
 * valid: share of the cycle's proposals with status ``ok`` (trained, above 1.2 x chance);

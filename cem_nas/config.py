@@ -62,8 +62,8 @@ class DataSettings:
     root: str = ""
     """Directory for downloaded datasets; empty = the data module's default."""
     max_train: int = 0
-    """Training examples used by the proxy (a random subset); 0 = all (the default: chosen by
-    experiments.proxy_fidelity, see experiments/configs/default.toml)."""
+    """Training examples used by the proxy (a random subset), >= 0; 0 = all (the default,
+    chosen by experiments.proxy_fidelity; evidence: docs/results.md#proxy-fidelity)."""
     max_test: int = 0
     """Test examples used to score the proxy; 0 = all."""
     resize: int = 0
@@ -96,8 +96,9 @@ class SearchSettings:
     changing and with them the files a single edit can reach; when fewer than refine_top are
     young enough, the best older ones fill the list. 0 = no aging: the best so far stay."""
     replicate_candidates: int = 12
-    """Scored candidates per cycle (chosen at random) that get extra proxy runs, for the SNR
-    (an ICC interval of +-0.1 needs ~11 at the default proxy's ICC; see default.toml)."""
+    """Scored candidates per cycle (chosen at random) that get extra proxy runs, for the SNR,
+    >= 0 (an ICC interval of +-0.1 needs ~11 at the default proxy's ICC; evidence:
+    docs/results.md#proxy-fidelity)."""
     replicate_seeds: int = 3
     """Proxy runs (seeds) per replicated candidate, counting the scoring run; 1 = no replicates."""
     novelty_threshold: float = 0.9

@@ -185,15 +185,14 @@ def build_corpus(n: int = 3000, seed: int = 0, threshold: float = DEFAULT_THRESH
     ``max_edits`` caps the grammar coordinates one pair changes (1..max_edits, uniform) and
     ``context`` is the number of context lines of each delta; ``max_changed`` (None: no
     cap) drops pairs whose delta removes plus adds more lines than that. Small values give
-    short deltas, which a 135M model learns to write and close far faster: as fenced
-    SmolLM2 completions, 96 pairs at the defaults have median 388 tokens (p99 803); with
-    max_edits=1, context=1 median 128 (p99 469); see benchmarks/bench_llm.py.
+    short deltas, which a small model learns to write and close far faster (the tokens per
+    completion at both settings: docs/results.md#delta-lengths).
 
     ``balance``: the pairs are taken in turn over the kind of edit (the first grammar
     coordinate a pair changes), from all pairs that pass within ``max_attempts``, so that
-    the shortest kinds do not dominate (unbalanced, single edits of at most 4 lines: 13
-    dropout, 10 optimizer, 9 lr pairs of 48, one activation pair, no width pair). A
-    balanced corpus is not a prefix of a larger one.
+    the shortest kinds do not dominate (an unbalanced corpus of short single edits is
+    mostly dropout, optimizer and lr pairs: docs/results.md#hints). A balanced corpus is
+    not a prefix of a larger one.
 
     ``scope`` architecture leaves out the edits of the fixed training recipe (the optimizer
     and learning-rate coordinates: :func:`applicable_choices`).

@@ -47,8 +47,8 @@ class EvalSettings:
     epochs: int = 1
     """Training epochs of the proxy (LEMUR's first-epoch accuracy: 1)."""
     batch_size: int = 32
-    """Training batch size (LEMUR's default is 64; 32 on the whole mnist5k split ranks like a
-    5-epoch training, see experiments/configs/default.toml)."""
+    """Training batch size, >= 1 (LEMUR's default is 64; 32 on the whole mnist5k split ranks
+    architectures close to a 5-epoch training: docs/results.md#proxy-fidelity)."""
     lr: float = 0.01
     """Learning rate passed in prm['lr'] (LEMUR default 0.01)."""
     momentum: float = 0.9

@@ -1,6 +1,6 @@
 """Run a CEM architecture search (``python -m experiments.cem_run``).
 
-Without arguments: the offline default (embedded SmolLM2, delta mode, mnist5k; see
+Without arguments: the offline default (embedded Qwen2.5-Coder-0.5B, delta mode, mnist5k; see
 experiments/configs/default.toml). ``--config FILE`` reads another config, every field
 can be overridden (``--cycles 3 --elite-fraction 0.2``, or dotted ``--lora.rank 8``),
 ``--sampler grammar`` runs the exact-CEM control, and ``--resume runs/NAME`` continues an
@@ -23,8 +23,8 @@ from cem_nas.store import RunStore, StoreError, load
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 
-#: ``--quick``: a smoke run of the same pipeline, about two minutes on a quiet 2-core CPU
-#: (its small warm start included); applied over the config, under any explicit override.
+#: ``--quick``: a smoke run of the same pipeline with a small warm start of its own;
+#: applied over the config, under any explicit override.
 QUICK = {
     "run.name": "quick", "search.cycles": "2", "search.candidates": "6", "search.replicate_candidates": "2",
     "data.max_train": "300", "data.max_test": "200", "sampler.warm_start.steps": "6", "sampler.lora.steps": "1",
@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last complete cycle")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run of about two minutes (2 cycles x 6 proposals, small warm start, run name "
+                   help="smoke run (2 cycles x 6 proposals, small warm start, run name "
                         "'quick'); other options still apply on top")
     C.add_arguments(p)
     return p

@@ -10,7 +10,7 @@ proposal and per valid candidate, generation seconds - is written to
 ``OUT/compare.nc`` (dims mode, status_kind). ``--runs DIR [DIR ...]`` compares existing
 run directories instead of running anything.
 
-Default: the offline config (embedded SmolLM2, mnist5k), seed 0.
+Default: the offline config (default.toml: its embedded model, mnist5k), seed 0.
 """
 from __future__ import annotations
 

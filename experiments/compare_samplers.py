@@ -16,7 +16,7 @@ their bands). The printed summary says whether LLM-CEM (and grammar-CEM) beats r
 search on the final best-so-far and on the mean of the last cycle's elites (paired
 t-interval of the difference over seeds): a finding, whichever way it falls.
 
-Default: the offline config (embedded SmolLM2, mnist5k) at its cycles x candidates,
+Default: the offline config (default.toml: its embedded model, mnist5k) at its cycles x candidates,
 seeds 0 1 2. Budget as in the issue: ``--cycles 10 --candidates 24`` (240 per run).
 """
 from __future__ import annotations

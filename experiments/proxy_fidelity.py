@@ -93,7 +93,7 @@ class Budget:
         return dataclasses.replace(base, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
-#: The grid measured for the default (see README): the old default, the whole split at three
+#: The grid measured for the default (docs/results.md#proxy-fidelity): the old default, the whole split at three
 #: batch sizes, one higher learning rate; the reference is the whole split for 5 epochs.
 DEFAULT_BUDGETS = ("1000:500:1:64:0.01", "0:0:1:64:0.01", "0:0:1:32:0.01", "0:0:1:32:0.02", "0:0:1:16:0.01")
 DEFAULT_REFERENCE = "0:0:5:64:0.01"

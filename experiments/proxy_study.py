@@ -7,7 +7,7 @@ on the raw Pearson between the proxy and the target epoch, the normal-copula rea
 the ranks, and how both move when only the top k% by target accuracy are kept
 (``analysis.proxy_curves``). Writes ``OUT/proxy_curves.nc``, two figures,
 ``OUT/proxy_curves.md`` and ``.html``; on LEMUR's six image datasets (36,365
-configurations) it takes about 25 s on the 2-core development machine (see README).
+configurations) it takes well under a minute on a 2-core CPU (docs/results.md#proxy-curves).
 
 ``python -m experiments.proxy_study RUN_DIR [RUN_DIR ...]``:
 Takes architectures from one or more runs - the top ``--top`` by proxy score and

@@ -76,9 +76,9 @@ def next_tokens(logits, rule: SamplingRule, generator, seen=None):
     the smallest set of tokens whose probability reaches ``top_p`` (at least one), as
     transformers' TopPLogitsWarper does. The nucleus is looked for among the
     :data:`CANDIDATES` largest logits (a full sort of the vocabulary only when some row's
-    nucleus is wider), and a token is drawn by inverse CDF with one uniform per row: a
-    full-vocabulary sort and multinomial cost ~0.5 s per step at 12 rows x 49k tokens on
-    this loaded 2-core machine (torch.profiler), the candidates a few ms.
+    nucleus is wider), and a token is drawn by inverse CDF with one uniform per row: on a
+    CPU a full-vocabulary sort and multinomial cost far more than the decode step's
+    candidates (docs/results.md#top-p).
     """
     import torch
 
@@ -192,9 +192,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
         dtype = query.dtype
         if query.device.type == "cpu" and dtype == torch.bfloat16:
-            # torch 2.14's CPU flash kernel is ~1.8x slower in bf16 than in fp32 (730-token
-            # causal attention, 9 heads: 0.21 vs 0.12 s, 1 thread, loaded 2-core box), and the
-            # prefill's attention costs as much as its matmuls
+            # torch 2.14's CPU flash kernel is slower in bf16 than in fp32, and the prefill's
+            # attention costs as much as its matmuls (docs/results.md#prefill-attention)
             query, key, value = query.float(), key.float(), value.float()
             attention_mask = attention_mask if attention_mask is None or attention_mask.dtype == torch.bool \
                 else attention_mask.float()

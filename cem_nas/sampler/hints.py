@@ -1,12 +1,9 @@
 """Edit hints: the kind of change a prompt asks for, and the CE distribution over kinds.
 
-Why: warm-started on single grammar edits, the embedded 135M model writes mostly the
-shortest of them. In the default run of 2026-12-01 (runs/bench_diversity/default, 4 x 12)
-8 of the 12 cycle-0 proposals replaced ``nn.Dropout(prm['dropout'])`` by a literal, and
-after three CE updates all 12 did, every one a repeat; the warm-start corpus itself held
-13 dropout pairs of 48 and one activation pair. A hint names one kind of edit (a
-non-neutral grammar coordinate: the activation, the pooling, the width, ...) in the
-prompt. The warm start learns kind -> edit on a corpus balanced over kinds
+Why: warm-started on single grammar edits, a small model writes mostly the shortest of
+them (SmolLM2-135M: dropout literals, then only repeats of them; evidence:
+docs/results.md#hints). A hint names one kind of edit (a non-neutral grammar coordinate:
+the activation, the pooling, the width, ...) in the prompt. The warm start learns kind -> edit on a corpus balanced over kinds
 (:func:`cem_nas.corpus.build_corpus` with ``balance``), and each proposal draws its
 kind k from a categorical distribution w over the kinds the parent admits, so the
 sampling distribution is the mixture
@@ -54,10 +51,8 @@ class HintSettings:
     enabled: bool = False
     """Name one kind of edit in each prompt, drawn from the CE distribution over kinds; the
     warm start then trains on a corpus balanced over kinds (another cached adapter). Off
-    by default: measured with ``benchmarks.bench_diversity --settings hints`` (embedded
-    model, default 24-step warm start, 3 x 12, 2026-12-01) none of 36 proposals applied:
-    the model wrote mostly the optimizer edit whatever the hint, with context lines
-    indented wrongly (33 apply_error, 3 parse_error). Meant for larger models."""
+    by default: with SmolLM2-135M no hinted proposal applied. Meant for larger models
+    (evidence: docs/results.md#hints)."""
     alpha: float = 0.3
     """CE smoothing step of the distribution over kinds: w <- alpha * (the elites' kind
     shares) + (1 - alpha) * w after every update. 0 keeps it uniform."""

@@ -17,7 +17,7 @@ import numpy as np
 IGNORE = -100  # label that cross_entropy skips (prompt and padding positions)
 #: Version of the training path (the loss and how its prompts are encoded), part of the
 #: warm-start cache key: the same seed and settings train another adapter when it changes.
-#: 2 (2026-12-02): prompts prefilled in eval mode with the adapter folded, no dropout on them.
+#: 2: prompts prefilled in eval mode with the adapter folded, no dropout on them.
 TRAINER_VERSION = 2
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,10 @@ class LoRASettings:
     """Dropout on the LoRA branch input during training (the warm start; the CE update
     uses update_dropout)."""
     update_dropout: float = 0.0
-    """Dropout on the LoRA branch input during the CE update's steps; at most ``dropout``
+    """Dropout on the LoRA branch input during the CE update's steps, in [0, ``dropout``]
     (peft builds no dropout module when that is 0). 0 by default: a 2-step update smoothed
     toward theta_t and mixed with corpus pairs needs no more noise, and on CPU the dropout
-    masks are a fifth of a step's forward (``aten::bernoulli_``, torch.profiler). Measured
-    with 4 updates from the same warm-started adapter on the same batches (3 elites each,
-    default.toml, bf16, 2 threads, quiet, 2026-12-02): 8.5 s against 11.0 s with 0.05
-    (medians), the elites' NLL after the update within 3% either way."""
+    masks cost a fifth of a step's forward (evidence: docs/results.md#update-dropout)."""
     target_modules: list[str] = field(default_factory=_default_targets)
     """Names of the linear modules that get adapters (Llama/Qwen/Mistral naming)."""
     lr: float = 2e-4
@@ -59,17 +56,10 @@ class LoRASettings:
     """Clip the global gradient norm to this value (0 disables)."""
     fixed_context: bool = True
     """With prompt_grad False: the CE update encodes each prompt once, under the adapter
-    current when the update first needs it (theta_t for the prompts of this cycle's
-    generation), and keeps those keys and values through its steps; the completions run
-    under every step's adapter. False re-encodes the prompts of every step under that
-    step's adapter (the exact loss of each step, one prefill per distinct prompt and step).
-    The warm start always re-encodes. ``python -m benchmarks.bench_generation --update-only
-    --step-rows`` (default.toml, bf16, 2 threads, quiet, 2026-12-02; 3 updates per path on
-    the same batches, medians; three runs): 11.9 / 9.0 / 10.9 s against 12.6 / 10.4 / 10.8 s
-    re-encoded, the elites' exact NLL after the update within 0.6% of the re-encoded one's.
-    The saving is one prefill per distinct prompt of every step after the first, so it grows
-    with lora.steps and with the prompts a step draws (3 elites of other baselines, same
-    batches both ways: 9.9 s against 13.4 s at 2 steps, 33.7 against 46.0 s at 8)."""
+    current when it is first needed (theta_t for this cycle's generation), and keeps those
+    keys and values through its steps, saving one prefill per prompt and step after the
+    first. False re-encodes every step's prompts under that step's adapter (the exact loss).
+    The warm start always re-encodes. Evidence: docs/results.md#fixed-context."""
     prompt_grad: bool = False
     """Backpropagate through the prompt positions too. False (default) encodes each
     distinct prompt once without gradient and trains through the completion positions
@@ -253,9 +243,8 @@ def _prompt_caches(model, prompts: Sequence[tuple], k: Sequence[int], device, pr
 
     The prefill runs with the adapter folded into the weights and the model in eval mode:
     it is a detached context, so LoRA dropout would only add noise to it, and the folded
-    weights make it cost the base model's matmuls (0.76 s against 2.6 s in train mode with
-    the adapter branches and all positions' logits: median wall clock of 3 forwards of one
-    1,000-token prompt, SmolLM2-135M in bf16, 2 threads, quiet 2-core box, 2026-12-02).
+    weights make it cost the base model's matmuls (under a third of a train-mode forward with the
+    adapter branches and all positions' logits: docs/results.md#update-prefill).
     Only the last position's logits are computed. A prompt already in
     ``prompt_kv`` (a :class:`~cem_nas.sampler.prompt_kv.PromptKV`: prefilled under the same
     adapter, e.g. by this cycle's generation) is not prefilled again, new ones are added,

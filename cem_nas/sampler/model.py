@@ -138,9 +138,8 @@ def resolve_dtype(dtype: str, device: str, cpuinfo: str | None = None) -> tuple[
     """``(dtype, reason)`` for ``sampler.dtype`` on ``device``.
 
     ``auto`` is bf16 on CUDA devices that support it and on CPUs with bf16 matmul units
-    (on this 2-core AMD EPYC with avx512_bf16 a 1024x576 @ 576x1536 matmul runs at
-    ~470 GFLOP/s in bf16 vs ~67 in fp32, measured with torch 2.14, 2 threads, median of
-    10), fp32 elsewhere: without those units bf16 matmuls are emulated and slower.
+    (there several times faster than fp32: docs/results.md#bf16-matmul), fp32 elsewhere:
+    without those units bf16 matmuls are emulated and slower.
 
     >>> resolve_dtype("auto", "cpu", "flags : avx2")[0], resolve_dtype("auto", "cpu", "flags : avx512_bf16")[0]
     ('float32', 'bfloat16')

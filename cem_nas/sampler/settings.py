@@ -15,23 +15,23 @@ class GenerationSettings:
     """How proposals are sampled."""
 
     temperature: float = 0.5
-    """Softmax temperature; 0 means greedy decoding. 0.5 keeps the embedded 135M model on
-    the diff format it was warm-started on while still varying the edits."""
+    """Softmax temperature, >= 0; 0 means greedy decoding. Lower keeps a small model on the
+    diff format it was warm-started on, higher varies the edits but fewer build
+    (evidence: docs/results.md#supply)."""
     top_p: float = 0.9
-    """Nucleus sampling mass (1.0 disables)."""
+    """Nucleus sampling mass, in (0, 1]; 1.0 disables it."""
     top_k: int = 0
     """Top-k cut-off; 0 disables it (otherwise transformers' default 50 would apply)."""
     max_new_tokens: int = 288
-    """Token budget of one delta-mode answer. The default warm-start corpus' fenced
-    completions (SmolLM2 tokens, EOS included) have median 113, p99 241, max 275; a
-    budget ~20% over the p99 stops runaway answers early (raise it with a longer corpus)."""
+    """Token budget of one delta-mode answer, >= 1: about 20% over the p99 of the warm-start
+    completions stops runaway answers early; raise it with a longer corpus (evidence:
+    docs/results.md#delta-lengths)."""
     max_new_tokens_full: int = 1024
     """Token budget of one full-mode answer (a whole file)."""
     batch_size: int = 64
-    """Rows decoded together. With the shared-prefix decoder a step grows far slower than
-    the rows (measured with benchmarks.bench_generation's step_seconds, embedded model,
-    bf16, one 730-token prompt, 1 thread, load average ~12 on 2 cores: 0.48 s per step at
-    1 row, 0.66 at 12, 1.20 at 50), so the default takes a whole cycle in one batch."""
+    """Rows decoded together, >= 1. With the shared-prefix decoder a step grows far slower
+    than the rows, so the default takes a whole cycle in one batch (evidence:
+    docs/results.md#decode-step-rows)."""
     decoder: str = "shared_prefix"
     """shared_prefix: one prefill per distinct prompt, k completions from its keys/values
     (cem_nas.sampler.decode; falls back to hf for model families it does not know);
@@ -40,10 +40,9 @@ class GenerationSettings:
     """transformers' repetition penalty; 1.0 disables it."""
     few_shot: int = 0
     """Warm-start corpus deltas of other baselines shown in each prompt as examples, drawn
-    afresh per proposal (0: none); prompts grow by ~100 tokens per example. Measured with
-    the embedded model and the default warm start (trained without examples): 2 examples
-    cut the share of 50 deltas that apply and build from 0.58 to 0.08, the model copying
-    the examples' context lines. Meant for larger models or a warm start with examples."""
+    afresh per proposal, >= 0 (0: none); prompts grow by ~100 tokens per example. Meant for
+    larger models or a warm start with examples: SmolLM2-135M copied the examples' context
+    lines (evidence: docs/results.md#few-shot-validity)."""
     redraw_unchanged: int = 0
     """Rounds in which a proposal outside the search space is drawn again from the same
     prompt: one that leaves its parent unchanged (its delta applies and changes nothing, or
@@ -93,8 +92,8 @@ class WarmStartSettings:
     batch_size: int = 4
     """Examples per warm-start step."""
     lr: float = 2e-3
-    """AdamW learning rate of the warm start (a 135M model with rank-16 LoRA learns the
-    format in tens of steps at 1e-3 to 3e-3)."""
+    """AdamW learning rate of the warm start, > 0 (chosen for SmolLM2-135M, which learned
+    the format with rank-16 LoRA in tens of steps at 1e-3 to 3e-3)."""
     cache: bool = True
     """Reuse (and write) the warm-started adapter under the user cache."""
 
