@@ -49,18 +49,29 @@ TASK = TaskSpec("mnist5k", (1, 28, 28), 10)
 DEFAULT_TOML = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "default.toml"
 
 
-def matmul_rate(dtype: torch.dtype, k: int = 576, n: int = 1536, repeats: int = 10) -> float:
-    """GFLOP/s of a 1024 x k @ k x n matmul (a 1024-token prefill through one MLP
-    projection: SmolLM2's by default), median of ``repeats``."""
-    a, b = torch.randn(1024, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+def synchronize(device) -> None:
+    """Wait for the kernels queued on ``device`` (a no-op on CPU): a CUDA call returns
+    before its work is done, so a timing must end with this."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(dtype: torch.dtype, repeats: int = 10, shape: tuple[int, int, int] = (1024, 576, 1536),
+                device: str = "cpu") -> float:
+    """GFLOP/s of an (m x k) @ (k x n) matmul, ``shape`` = (m, k, n), median of ``repeats``.
+    The default is a 1024-token prefill through one of SmolLM2's MLP projections."""
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(repeats):
+        synchronize(device)
         t0 = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - t0)
-    return 2 * 1024 * k * n / statistics.median(times) / 1e9
+    return 2 * m * k * n / statistics.median(times) / 1e9
 
 
 def flops_per_token(model) -> tuple[float, float, int, int, int]:
@@ -90,6 +101,36 @@ def roofline_seconds(model, prompt_lengths: list[int], completions: list[list[in
     return total / (rate * 1e9)
 
 
+def hf_generate(model, prompts: list[list[int]], rule: SamplingRule, new_tokens: int, pad_id: int, device):
+    """transformers' generate on one left-padded batch, one row per prompt (token ids), with
+    exactly ``new_tokens`` new tokens per row (no EOS, no stop test); returns the new tokens
+    (rows x new_tokens)."""
+    from transformers import GenerationConfig
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    sample = rule.temperature > 0
+    cfg = GenerationConfig(do_sample=sample, temperature=rule.temperature if sample else 1.0,
+                           top_p=rule.top_p if sample else 1.0, top_k=rule.top_k if sample else 0,
+                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id,
+                           eos_token_id=None)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
+    return out[:, width:]
+
+
+def shared_decode(model, prompts: list[list[int]], counts: list[int], rule: SamplingRule, new_tokens: int, device,
+                  fold_lora: bool, seed: int = 0) -> list:
+    """The shared-prefix decoder on ``counts[j]`` rows of each prompt, exactly ``new_tokens``
+    new tokens per row (no end token, no stop test); its completions per prompt."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return decode(model, prompts, counts, rule, new_tokens, set(), generator, device, fold_lora=fold_lora)
+
+
 def step_seconds(sampler: LLMSampler, prompt: str, rows: int, steps: int = 32) -> float:
     """Seconds per decode step at ``rows`` rows of one prompt (``steps`` forced steps, the
     prefill's time subtracted), on the sampler's decoder."""
@@ -100,17 +141,9 @@ def step_seconds(sampler: LLMSampler, prompt: str, rows: int, steps: int = 32) -
     def timed(n_steps: int) -> float:
         t0 = time.perf_counter()
         if sampler.decoder() == "hf":
-            from transformers import GenerationConfig
-
-            cfg = GenerationConfig(do_sample=True, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                                   max_new_tokens=n_steps, min_new_tokens=n_steps,
-                                   pad_token_id=sampler.tokenizer.pad_token_id, eos_token_id=None)
-            with torch.no_grad():
-                sampler.model.generate(input_ids=torch.tensor([ids] * rows), attention_mask=torch.ones(rows, len(ids),
-                                       dtype=torch.long), generation_config=cfg)
+            hf_generate(sampler.model, [ids] * rows, rule, n_steps, sampler.tokenizer.pad_token_id, "cpu")
         else:
-            decode(sampler.model, [ids], [rows], rule, n_steps, set(), torch.Generator().manual_seed(0), "cpu",
-                   fold_lora=True)
+            shared_decode(sampler.model, [ids], [rows], rule, n_steps, "cpu", fold_lora=True)
         return time.perf_counter() - t0
 
     return (timed(steps + 1) - timed(1)) / steps
@@ -200,7 +233,7 @@ def bench_model(model: str, args) -> dict[str, dict]:
             warm_start=cfg.warm_start)
     first = next(iter(samplers.values()))
     shape = first.model.config
-    rates = {str(d).split(".")[1]: matmul_rate(d, shape.hidden_size, shape.intermediate_size)
+    rates = {str(d).split(".")[1]: matmul_rate(d, shape=(1024, shape.hidden_size, shape.intermediate_size))
              for d in (torch.float32, torch.bfloat16)}
     print(f"  matmul 1024x{shape.hidden_size} @ {shape.hidden_size}x{shape.intermediate_size} (its MLP): float32 "
           f"{rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.0f} GFLOP/s (the floors' rate)", flush=True)
