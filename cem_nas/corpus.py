@@ -33,6 +33,7 @@ import numpy as np
 
 from cem_nas import delta, mutations, novelty, zoo
 from cem_nas.cache import cache_root
+from cem_nas.edit_kinds import edit_kinds
 from cem_nas.scope import check_scope, fixed_parts_changed
 
 #: (in_shape, num_classes) every kept ``after`` must build for.
@@ -46,7 +47,8 @@ DEFAULT_THRESHOLD = 0.97
 
 
 class CorpusPair(NamedTuple):
-    """One training pair; ``choices`` is the grammar choice vector that made ``after``."""
+    """One training pair; ``choices`` is the grammar choice vector that made ``after`` (empty for
+    a LEMUR pair, :mod:`cem_nas.corpus_lemur`)."""
 
     baseline: str
     before: str
@@ -234,8 +236,15 @@ def build_corpus(n: int = 3000, seed: int = 0, threshold: float = DEFAULT_THRESH
 
 
 def first_kind(pair: CorpusPair) -> str:
-    """Name of the first grammar coordinate the pair changes."""
-    return next(c.name for c, i in zip(mutations.GRAMMAR, pair.choices) if i)
+    """Name of the first grammar coordinate the pair changes; for a pair without grammar
+    choices (a LEMUR pair, :mod:`cem_nas.corpus_lemur`) the first kind
+    :func:`cem_nas.edit_kinds.edit_kinds` reads off its two files (``other`` included).
+
+    >>> first_kind(CorpusPair("m", "a = nn.ReLU()", "a = nn.GELU()", "", ()))
+    'activation'
+    """
+    named = next((c.name for c, i in zip(mutations.GRAMMAR, pair.choices) if i), None)
+    return named if named is not None else edit_kinds(pair.before, pair.after)[0]
 
 
 def balanced(pool: list[CorpusPair], n: int) -> list[CorpusPair]:

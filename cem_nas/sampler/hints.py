@@ -85,6 +85,27 @@ def pair_kinds(choices: Sequence[int]) -> list[str]:
     return [c.name for c, i in zip(mutations.GRAMMAR, choices) if i and c.name in KINDS]
 
 
+def corpus_pair_kinds(item: Sequence) -> list[str]:
+    """The hint of a warm-start corpus pair ``(baseline, before, after, delta, choices)``: the
+    kinds its grammar choices edit or, for a pair without any (a LEMUR pair,
+    :mod:`cem_nas.corpus_lemur`), the kinds :func:`cem_nas.edit_kinds.edit_kinds` reads off its
+    two files, ``other`` left out (then no hint: no kind the prompt can name was edited).
+
+    >>> corpus_pair_kinds(("m", "a = nn.ReLU()", "a = nn.GELU()", "", ()))
+    ['activation']
+    >>> corpus_pair_kinds(("m", "x = 1", "x = 2", "", ()))
+    []
+    """
+    choices = tuple(item[4]) if len(item) > 4 else ()
+    if any(choices):
+        return pair_kinds(choices)
+    if len(item) < 5:  # a bare (name, before, after, delta) override: nothing says what it edits
+        return []
+    from cem_nas.edit_kinds import edit_kinds
+
+    return [k for k in edit_kinds(item[1], item[2]) if k in KINDS]
+
+
 @functools.lru_cache(maxsize=1024)
 def applicable_kinds(code: str, scope: str = "file") -> tuple[str, ...]:
     """The kinds whose grammar edit changes ``code``; every kind where the grammar cannot

@@ -28,7 +28,7 @@ from cem_nas.build import INFEASIBLE, build
 from cem_nas.progress import QUIET, Progress, StepReporter
 from cem_nas.records import Baseline, Elite, Proposal, TaskSpec, UpdateStats
 from cem_nas.sampler import lora as lora_sft
-from cem_nas.sampler.hints import HintSettings, KindDistribution, applicable_kinds, hint_text, pair_kinds
+from cem_nas.sampler.hints import HintSettings, KindDistribution, applicable_kinds, corpus_pair_kinds, hint_text
 from cem_nas.sampler.decode import STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, supports_shared_prefix
 from cem_nas.sampler.embedded import DEFAULT_MODEL
 from cem_nas.sampler.lora import LoRASettings
@@ -111,7 +111,8 @@ class LLMSampler:
     ``model`` is an embedded model's name (:mod:`cem_nas.sampler.embedded`), a hub id, a local path, or
     an already :class:`~cem_nas.sampler.model.LoadedModel` (tests). ``corpus`` overrides
     the warm-start corpus (a list of ``(name, before, after, delta, ...)`` tuples); by
-    default it is ``cem_nas.corpus.build_corpus(warm_start.corpus_size, warm_start.corpus_seed)``.
+    default it is ``cem_nas.corpus.build_corpus(warm_start.corpus_size, warm_start.corpus_seed)``,
+    or :func:`cem_nas.corpus_lemur.build_lemur_corpus` for ``warm_start.corpus = "lemur:PATH"``.
     ``seed`` seeds the update's batch draws and dropout (proposals use the ``rng`` passed in).
     ``dtype`` (auto, float32, bfloat16: :func:`~cem_nas.sampler.model.resolve_dtype`) applies
     when the model is loaded here; a LoadedModel keeps its own. ``engine`` ``openai``
@@ -193,11 +194,18 @@ class LLMSampler:
     def _corpus_items(self) -> list:
         if self._corpus is None:
             from cem_nas.corpus import build_corpus
+            from cem_nas.corpus_lemur import build_lemur_corpus, corpus_source
 
             w = self.warm
-            self._corpus = build_corpus(w.corpus_size, w.corpus_seed, max_edits=w.max_edits, context=w.context,
-                                        max_changed=w.max_changed or None, balance=w.balance or self.hints.enabled,
-                                        scope=self.scope)
+            lemur = corpus_source(w.corpus)
+            if lemur is None:
+                self._corpus = build_corpus(w.corpus_size, w.corpus_seed, max_edits=w.max_edits, context=w.context,
+                                            max_changed=w.max_changed or None, balance=w.balance or self.hints.enabled,
+                                            scope=self.scope)
+            else:
+                self._corpus = build_lemur_corpus(w.corpus[len("lemur:"):].strip(), w.corpus_size, w.corpus_seed,
+                                                  context=w.context, max_changed=w.lemur_max_changed or None,
+                                                  scope=self.scope, balance=w.balance or self.hints.enabled)
         return self._corpus
 
     def few_shot_examples(self, baseline: str, rng: np.random.Generator) -> list[str]:
@@ -230,8 +238,8 @@ class LLMSampler:
     def corpus_examples(self) -> list[tuple[str, str]]:
         """(prompt, completion) pairs of the warm-start corpus for this mode."""
         # through completion_for, as elites are: one format (extract_delta's) for both; a
-        # pair's hint names the kinds its grammar choices (item[4], when given) edit
-        return [(self.prompt_for(item[1], kinds=pair_kinds(item[4]) if len(item) > 4 else ()),
+        # pair's hint names the kinds it edits (corpus_pair_kinds; only read with hints on)
+        return [(self.prompt_for(item[1], kinds=corpus_pair_kinds(item) if self.hints.enabled else ()),
                  self.completion_for(item[3] if self.mode == "delta" else item[2]))
                 for item in self._corpus_items()]
 
@@ -264,19 +272,32 @@ class LLMSampler:
             "scope": self.scope,
             "task": [self.task.dataset, list(self.task.in_shape), self.task.num_classes],
             # balance only when set, so that the keys of unbalanced corpora stay as they were
-            "warm": {k: v for k, v in asdict(self.warm).items() if k != "balance" or v} | {"cache": None, "enabled": None},
+            "warm": self._warm_key_fields(),
             "lora": self.lora.adapter_fields(),
             "max_length": self.lora.max_length,
             "template": TEMPLATE_VERSION,
             "trainer": lora_sft.TRAINER_VERSION,
             "corpus": None if self._corpus is None else hashlib.sha256(repr(self._corpus).encode()).hexdigest(),
         }
+        if self.warm.corpus != "grammar":  # the pairs themselves: the files used, not where they lay
+            spec["corpus"] = hashlib.sha256(repr(self._corpus_items()).encode()).hexdigest()
         if self.loaded.dtype != "float32":  # trained in another dtype: another adapter (fp32 keys unchanged)
             spec["dtype"] = self.loaded.dtype
         if self.hints.enabled:  # hinted prompts, balanced corpus: another adapter (keys without hints unchanged)
             spec["hints"] = True
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         return f"{_slug(self.loaded.name)}-{self.mode}-c{self.warm.corpus_seed}-{digest}"
+
+    def _warm_key_fields(self) -> dict:
+        """The warm-start settings in the adapter key: balance only when set, and the LEMUR
+        fields only for a LEMUR corpus, so that the keys of earlier grammar runs stay as they
+        were; a LEMUR path enters as ``lemur`` (its pairs' hash is in the key instead)."""
+        fields = {k: v for k, v in asdict(self.warm).items() if k != "balance" or v} | {"cache": None, "enabled": None}
+        if self.warm.corpus == "grammar":
+            del fields["corpus"], fields["lemur_max_changed"]
+        else:
+            fields["corpus"] = "lemur"
+        return fields
 
     def warm_start_dir(self) -> Path:
         return cache_root() / "adapters" / self.warm_start_key()

@@ -73,8 +73,14 @@ class WarmStartSettings:
 
     enabled: bool = True
     """Warm-start before the first proposal (an untuned small model writes prose, not diffs)."""
+    corpus: str = "grammar"
+    """Where the warm-start pairs come from: grammar (random grammar edits of the zoo baselines,
+    cem_nas.corpus) or lemur:PATH (real LEMUR architectures, a file and a more accurate variant
+    of the same family, cem_nas.corpus_lemur; PATH a clone of ABrain-One/nn-dataset or a folder
+    with nn/*.py and curves.csv.gz such as ../shared/lemur). max_edits and max_changed apply to
+    grammar pairs, lemur_max_changed to LEMUR pairs; context to both."""
     corpus_size: int = 48
-    """Number of (before, after, delta) pairs drawn from cem_nas.corpus.build_corpus."""
+    """Number of (before, after, delta) pairs drawn from the corpus."""
     corpus_seed: int = 0
     """Seed of the corpus (part of the cache key)."""
     max_edits: int = 1
@@ -83,6 +89,9 @@ class WarmStartSettings:
     """Context lines of each corpus delta (1: short completions, still enough to anchor a hunk)."""
     max_changed: int = 4
     """Drop corpus pairs whose delta removes plus adds more lines than this (0: keep all)."""
+    lemur_max_changed: int = 40
+    """Drop LEMUR corpus pairs whose delta removes plus adds more lines than this (0: keep all).
+    At 40, 45 of 1,107 candidate pairs of ../shared/lemur are dropped (benchmarks/bench_lemur_corpus.py)."""
     balance: bool = False
     """Take the corpus pairs in turn over the kind of edit (``build_corpus(balance=True)``),
     so that the shortest kinds (dropout and optimizer literals) do not dominate what the
@@ -102,3 +111,11 @@ class WarmStartSettings:
             raise ValueError(f"WarmStartSettings needs corpus_size>=1, max_edits>=1, context>=0, max_changed>=0; got {self}")
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"WarmStartSettings needs steps>=0, batch_size>=1, lr>0; got {self}")
+        if self.lemur_max_changed < 0:
+            raise ValueError(f"lemur_max_changed must be >= 0 (0: keep all); got {self.lemur_max_changed}")
+        if self.corpus != "grammar":
+            # imported here: grammar runs never load the LEMUR reader; a lemur:PATH that is not
+            # there fails when the config is read, not at the warm start after the model loaded
+            from cem_nas.corpus_lemur import corpus_source
+
+            corpus_source(self.corpus)
