@@ -38,8 +38,10 @@ the evidence, and travels with the delta as ``complete``:
     the text is known to be whole (its fenced block closed, generation stopped on EOS,
     or the delta was made by :func:`make_delta`): no truncation rule runs;
 ``complete=False``
-    generation stopped at its token limit: the delta is refused as ``parse_error`` if
-    its last hunk runs to the end of the text (it was being written when the limit hit);
+    generation stopped at its token limit: a last hunk that runs to the end of the text
+    (it was being written when the limit hit) is dropped, and the delta is the hunks
+    written in full before it; with none, it is refused as ``parse_error``. (A small
+    model asked for one change often writes one good hunk and then more until the limit.)
 ``complete=None`` (unknown provenance)
     a heuristic decides: refused when the text ends right after a hunk header, or the
     last hunk runs to the end of the text and is shorter than its header's counts: on
@@ -417,7 +419,13 @@ def _parse(text: object, complete: bool | None = None) -> _Parsed:
     # an unclosed fence runs to the end of the text, as does the whole text
     if open_hunk is not None and (lines is raw or not closed) and complete is not True:
         if complete is False:
-            raise DeltaError("parse_error", f"generation stopped at its token limit while writing the last hunk "
+            if len(hunks) > 1 and open_hunk.header:
+                # the hunks written in full before the limit are the proposal; the cut one is dropped
+                start = max(i for i, line in enumerate(consumed) if line.rstrip("\r") == open_hunk.header)
+                while start and consumed[start - 1].startswith(("--- ", "+++ ")):
+                    start -= 1
+                return _Parsed(hunks[:-1], consumed[:start])
+            raise DeltaError("parse_error", f"generation stopped at its token limit while writing its only hunk "
                                             f"({open_hunk.header or 'no @@ header'}): the output is truncated")
         truncated = _truncation(open_hunk, not text.endswith("\n"), not closed)
         if truncated:

@@ -486,3 +486,19 @@ def test_applied_hunks_sit_where_their_old_lines_are(delta, partial):
             assert [t.strip() for t in SAMPLE_LINES[h.start - 1 : h.start - 1 + len(old)]] == old
         else:
             assert got == "partial" and h.message
+
+
+def test_token_limit_inside_a_later_hunk_keeps_the_hunks_written_in_full():
+    """A model asked for one change that writes one good hunk and runs to the limit in the
+    next: the proposal is the first hunk; with no hunk written in full it is refused."""
+    base = zoo.source("resnet")
+    old = "            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),"
+    assert old in base, "the zoo's resnet changed: pick another line"
+    first = ("```diff\n--- a/net.py\n+++ b/net.py\n@@ -13,3 +13,3 @@\n         self.body = nn.Sequential(\n"
+             f"-{old}\n+{old.replace('3, stride', '5, stride')}\n             nn.BatchNorm2d(c_out),\n")
+    cut = first + "@@ -34,7 +34,7 @@\n         super().__init__()\n       "
+    delta = extract_delta(cut, complete=False)
+    assert "@@ -34" not in delta and delta.count("@@") == 2
+    assert apply_delta(base, delta, complete=True).code == base.replace(old, old.replace("3, stride", "5, stride"))
+    kind, err = outcome(base, "```diff\n@@ -34,7 +34,7 @@\n         super().__init__()\n", complete=False)
+    assert kind == "parse_error" and "only hunk" in err.message
