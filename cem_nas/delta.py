@@ -231,6 +231,7 @@ class _Hunk:
     new_count: int | None
     body: list[tuple[str, str, bool]]  # (tag in " +-", text, eol)
     bare: list[bool]                   # the raw line was empty (a blank context line without its space)
+    start: int = 0                     # where its lines begin among the parse's consumed lines
 
     @property
     def old(self) -> list[Line]:
@@ -310,7 +311,8 @@ def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], _Hunk | None]:
                 old_count = 1  # "@@ -5 +5 @@" means one line
             if new_start is not None and new_count is None:
                 new_count = 1
-            current = _Hunk(len(hunks), line.rstrip("\r"), old_start, old_count, new_start, new_count, [], [])
+            current = _Hunk(len(hunks), line.rstrip("\r"), old_start, old_count, new_start, new_count, [], [],
+                            len(consumed))
             hunks.append(current)
             consumed.append(line)
             after_file_header = False
@@ -327,7 +329,7 @@ def _parse_lines(raw: list[str]) -> tuple[list[_Hunk], list[str], _Hunk | None]:
             continue
         if current is None and after_file_header and line[:1] in (" ", "+", "-"):
             # hunk body right after the file headers, the @@ line forgotten
-            current = _Hunk(len(hunks), "", None, None, None, None, [], [])
+            current = _Hunk(len(hunks), "", None, None, None, None, [], [], len(consumed))
             hunks.append(current)
         if current is None:
             if ended_by_text is not None and _ORPHAN_RE.match(line):
@@ -419,12 +421,13 @@ def _parse(text: object, complete: bool | None = None) -> _Parsed:
     # an unclosed fence runs to the end of the text, as does the whole text
     if open_hunk is not None and (lines is raw or not closed) and complete is not True:
         if complete is False:
-            if len(hunks) > 1 and open_hunk.header:
+            whole = [h for h in hunks if h is not open_hunk]
+            if whole:
                 # the hunks written in full before the limit are the proposal; the cut one is dropped
-                start = max(i for i, line in enumerate(consumed) if line.rstrip("\r") == open_hunk.header)
+                start = min(open_hunk.start, len(consumed))
                 while start and consumed[start - 1].startswith(("--- ", "+++ ")):
                     start -= 1
-                return _Parsed(hunks[:-1], consumed[:start])
+                return _Parsed(whole, consumed[:start])
             raise DeltaError("parse_error", f"generation stopped at its token limit while writing its only hunk "
                                             f"({open_hunk.header or 'no @@ header'}): the output is truncated")
         truncated = _truncation(open_hunk, not text.endswith("\n"), not closed)

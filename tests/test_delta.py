@@ -499,6 +499,8 @@ def test_token_limit_inside_a_later_hunk_keeps_the_hunks_written_in_full():
     cut = first + "@@ -34,7 +34,7 @@\n         super().__init__()\n       "
     delta = extract_delta(cut, complete=False)
     assert "@@ -34" not in delta and delta.count("@@") == 2
+    for end in ("@@ -34,7 +34,7 @@\n", "--- a/net.py\n+++ b/net.py\n@@ -34,7 +34,7 @@\n         sup"):
+        assert extract_delta(first + end, complete=False) == delta  # cut at its header, or after file headers
     assert apply_delta(base, delta, complete=True).code == base.replace(old, old.replace("3, stride", "5, stride"))
     kind, err = outcome(base, "```diff\n@@ -34,7 +34,7 @@\n         super().__init__()\n", complete=False)
     assert kind == "parse_error" and "only hunk" in err.message
