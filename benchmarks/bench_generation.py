@@ -40,7 +40,7 @@ from cem_nas import zoo
 from cem_nas.config import load_toml
 from cem_nas.records import Baseline, Elite, TaskSpec
 from cem_nas.sampler import lora as lora_sft
-from cem_nas.sampler.decode import SamplingRule, decode
+from cem_nas.sampler.decode import STOP_REASONS, SamplingRule, decode
 from cem_nas.sampler.embedded import DEFAULT_MODEL
 from cem_nas.sampler.llm import LLMSampler
 from cem_nas.sampler.model import load_model
@@ -203,7 +203,7 @@ def timed_proposals(sampler: LLMSampler, baselines: list[Baseline], n: int, seed
     for r in range(repeats):
         proposals, took = propose_timed(sampler, baselines, n, seed + r)
         tokens = [p.completion_tokens for p in proposals]
-        reasons = {k: sum(p.stop_reason == k for p in proposals) for k in ("eos", "fence", "length")}
+        reasons = {k: sum(p.stop_reason == k for p in proposals) for k in STOP_REASONS}
         floor = roofline_of(sampler, proposals, shared, rate)
         seconds.append(took)
         ratios.append(took / floor)

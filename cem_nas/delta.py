@@ -54,7 +54,13 @@ The heuristic misfires on an extracted hunk (the closing fence, the proof of
 completeness, is gone), so a sampler extracts with the stop reason it knows and hands
 the extracted delta on with ``complete=True``. A diff whose hunks hold no ``+``/``-``
 line is read (and verified) like any other; that it changes nothing is for the caller
-to see in the result.
+to see in the result. A hunk whose removed lines equal its added lines (a line rewritten
+as itself, as a small model often does around its real edit) asks for nothing: when
+another hunk of the diff changes something it is dropped, so its context, often
+misremembered, cannot refuse the real edit.
+
+:func:`cut_after_hunks` ends a response after its first changing hunks: a sampler that asks
+for one change stops the model there instead of letting it write more until its limit.
 
 Whatever the input, :func:`apply_delta` returns an :class:`Applied` or raises
 :class:`DeltaError`; nothing else.
@@ -433,7 +439,64 @@ def _parse(text: object, complete: bool | None = None) -> _Parsed:
         truncated = _truncation(open_hunk, not text.endswith("\n"), not closed)
         if truncated:
             raise DeltaError("parse_error", truncated)
-    return _Parsed(hunks, consumed)
+    return _without_noop_hunks(_Parsed(hunks, consumed))
+
+
+def _changes(removed: list, added: list) -> bool:
+    return removed != added
+
+
+def _hunk_changes(hunk: _Hunk) -> bool:
+    # a line's newline counts: a hunk that only adds the final newline changes the file
+    return _changes([(t, eol) for tag, t, eol in hunk.body if tag == "-"],
+                    [(t, eol) for tag, t, eol in hunk.body if tag == "+"])
+
+
+def _without_noop_hunks(parsed: _Parsed) -> _Parsed:
+    """``parsed`` less its hunks that change nothing, when another one does (module docstring)."""
+    kept = [h for h in parsed.hunks if _hunk_changes(h)]
+    if not kept or len(kept) == len(parsed.hunks):
+        return parsed
+    lines, ends = parsed.lines, [h.start for h in parsed.hunks[1:]] + [len(parsed.lines)]
+    drop = set()
+    for hunk, end in zip(parsed.hunks, ends):
+        if hunk not in kept:
+            while end > hunk.start and lines[end - 1].startswith(("--- ", "+++ ")):
+                end -= 1  # the next hunk's file headers stay with it
+            drop.update(range(hunk.start, end))
+    return _Parsed(kept, [line for i, line in enumerate(lines) if i not in drop])
+
+
+def cut_after_hunks(text: str, n: int) -> str | None:
+    """``text`` up to the hunk header that follows its ``n``-th changing hunk, or None if it
+    has no such header (a changing hunk: its removed lines differ from its added lines).
+
+    >>> answer = "```diff\\n@@ -1 +1 @@\\n-a\\n+a\\n@@ -3 +3 @@\\n-b\\n+c\\n@@ -9 +9 @@\\n-d\\n"
+    >>> print(cut_after_hunks(answer, 1), end="")
+    ```diff
+    @@ -1 +1 @@
+    -a
+    +a
+    @@ -3 +3 @@
+    -b
+    +c
+    >>> cut_after_hunks(answer, 2) is None
+    True
+    """
+    changing, removed, added, offset = 0, None, [], 0
+    for line in text.splitlines(keepends=True):
+        if line.startswith("@@"):
+            if removed is not None and _changes(removed, added):
+                changing += 1
+            if changing >= n:
+                return text[:offset]
+            removed, added = [], []
+        elif removed is not None and line[:1] == "-":
+            removed.append(line[1:].rstrip("\r\n"))
+        elif removed is not None and line[:1] == "+":
+            added.append(line[1:].rstrip("\r\n"))
+        offset += len(line)
+    return None
 
 
 def extract_delta(text: str, complete: bool | None = None) -> str:

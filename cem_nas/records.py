@@ -76,8 +76,8 @@ class Proposal:
     completion_tokens: int = 0
     gen_seconds: float = 0.0
     stop_reason: str = ""
-    """Why generation ended: eos, fence (the fenced answer closed), length (token budget
-    spent); empty for samplers that do not generate text."""
+    """Why generation ended: eos, fence (the fenced answer closed), hunks (a hunk begun past
+    max_hunks, cut off), length (token budget spent); empty for samplers that do not generate text."""
     meta: dict[str, Any] = field(default_factory=dict)
     complete: bool | None = None
     """Whether the delta is known to be whole: decided once by the sampler from the raw
@@ -154,7 +154,7 @@ class Candidate:
     delta_lines: int = 0
     code_lines: int = 0
     is_elite: bool = False
-    stop_reason: str = ""  # why generation ended (eos, fence, length); "" for a sampler that does not generate
+    stop_reason: str = ""  # why generation ended (eos, fence, hunks, length); "" for a sampler that does not generate
     is_new: bool = False  # a new architecture: archived under this candidate's name, trained
     twin: str = ""  # name of the archived architecture this is a repeat of; "" when it is none
     inherited: EvalResult | None = None  # the twin's scoring result, in either reading

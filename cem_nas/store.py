@@ -53,7 +53,7 @@ CANDIDATE_VARIABLES = {
     "delta_lines": ("line", "lines of the extracted delta"),
     "code_lines": ("line", "lines of the candidate's model file"),
     "is_elite": ("1", "selected as an elite this cycle"),
-    "stop_reason": ("", "why generation ended: eos, fence (its block closed), length (token limit); empty without generation"),
+    "stop_reason": ("", "why generation ended: eos, fence (its block closed), hunks (a hunk begun past max_hunks, cut), length (token limit); empty without generation"),
     "is_new": ("1", "a new architecture: archived under this candidate's name and trained"),
     "twin": ("", "name of the archived architecture (candidate or zoo baseline) this one repeats; empty when none"),
     "score_source": ("", "where the score came from: proxy (trained), archive (the twin's), empty (no score)"),

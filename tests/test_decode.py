@@ -49,7 +49,7 @@ def test_stop_reasons_and_dropped_rows(model):
     eos = expected[0][3]  # first prompt's 4th greedy token: an end token for this call
     fence = expected[1][5]
     out = decode(model, PROMPTS, [2, 2, 2], SamplingRule(temperature=0), 12, {eos}, torch.Generator(), "cpu",
-                 stop=lambda tokens: True, stop_candidates={fence})
+                 stop=lambda tokens: STOP_FENCE, stop_candidates={fence})
     first = expected[0][: expected[0].index(eos)]
     assert [(r.tokens, r.stop_reason) for r in out[0]] == [(first, STOP_EOS)] * 2
     cut = min(i for i, t in enumerate(expected[1]) if t in (eos, fence))

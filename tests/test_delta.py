@@ -504,3 +504,31 @@ def test_token_limit_inside_a_later_hunk_keeps_the_hunks_written_in_full():
     assert apply_delta(base, delta, complete=True).code == base.replace(old, old.replace("3, stride", "5, stride"))
     kind, err = outcome(base, "```diff\n@@ -34,7 +34,7 @@\n         super().__init__()\n", complete=False)
     assert kind == "parse_error" and "only hunk" in err.message
+
+
+def test_a_hunk_that_rewrites_lines_as_themselves_is_dropped_beside_a_real_edit():
+    """The 0.5B repeats a region it misremembers as a no-op hunk next to its edit; that hunk
+    asks for nothing, so neither its context nor an overlap with the edit can refuse the edit."""
+    base = zoo.source("resnet")
+    old = "            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),"
+    new = old.replace("3, stride", "5, stride")
+    edit = f"@@ -13,3 +13,3 @@\n         self.body = nn.Sequential(\n-{old}\n+{new}\n             nn.BatchNorm2d(c_out),\n"
+    noop = "@@ -13,2 +13,2 @@\n-        self.body = nn.Sequential(\n+        self.body = nn.Sequential(\n"
+    ghost = "--- a/net.py\n+++ b/net.py\n@@ -90,2 +90,2 @@\n-    misremembered()\n+    misremembered()\n"
+    for text in (edit + noop, noop + edit, edit + ghost):
+        delta = extract_delta("```diff\n--- a/net.py\n+++ b/net.py\n" + text + "```", complete=True)
+        assert delta.count("@@") == 2 and "misremembered" not in delta
+        assert apply_delta(base, delta, complete=True).code == base.replace(old, new)
+    with pytest.raises(DeltaError) as err:  # nothing but no-ops: read like any diff, and verified
+        apply_delta(base, ghost, complete=True)
+    assert err.value.kind == "apply_error"
+    assert apply_delta(base, noop, complete=True).code == base
+
+
+def test_cut_after_hunks_ends_an_answer_after_its_changing_hunks():
+    one = "```diff\n--- a/net.py\n+++ b/net.py\n@@ -1 +1 @@\n-a\n+b\n"
+    assert D.cut_after_hunks(one + "@@ -5 +5 @@\n-c", 1) == one
+    assert D.cut_after_hunks(one, 1) is None  # no later header: nothing to cut
+    noop_first = "```diff\n@@ -1 +1 @@\n-a\n+a\n@@ -3 +3 @@\n-b\n+c\n"
+    assert D.cut_after_hunks(noop_first + "@@ -9", 1) == noop_first
+    assert D.cut_after_hunks(one + "@@ -5 +5 @@\n-c\n+d\n@@ -7", 2) == one + "@@ -5 +5 @@\n-c\n+d\n"

@@ -11,6 +11,7 @@ import torch
 from cem_nas.records import Baseline, Elite, TaskSpec
 from cem_nas.sampler import lora as lora_sft
 from cem_nas.sampler.base import Sampler
+from cem_nas.sampler.decode import STOP_REASONS
 from cem_nas.sampler.llm import GenerationSettings, LLMSampler, LoRASettings, WarmStartSettings, _FenceStop
 from cem_nas.sampler.model import LoadedModel
 
@@ -160,7 +161,7 @@ def test_propose_is_seeded_and_keeps_global_rng(tokenizer):
     assert sorted(p.baseline for p in first).count("a") in (2, 3)  # spread evenly over baselines
     for p in first:
         assert p.prompt_tokens > 0 and 0 <= p.completion_tokens <= 12 and p.gen_seconds > 0
-        assert p.stop_reason in ("eos", "fence", "length") and (p.stop_reason == "length") == (p.completion_tokens == 12)
+        assert p.stop_reason in STOP_REASONS and (p.stop_reason == "length") == (p.completion_tokens == 12)
         # a random model writes no diff: the parse error is kept for the loop, delta is None
         assert p.delta is None and p.code is None and p.meta["parse_error"]
 
@@ -414,3 +415,47 @@ def test_the_update_runs_with_its_own_lora_dropout(tokenizer, update_dropout):
     assert all(d.p == 0.2 for d in drops)  # the adapter's own dropout is back after the update
     with pytest.raises(ValueError, match="update_dropout"):
         LoRASettings(dropout=0.0, update_dropout=0.1)
+
+
+
+TWO_HUNKS = ("```diff\n@@ -3,2 +3,2 @@\n     def forward(self, x):\n-        return x\n+        return x * 2\n"
+             "@@ -1,2 +1,2 @@\n import torch\n-class Net(torch.nn.Module):\n+class Net(nn.Module):\n```")
+
+
+@pytest.fixture(scope="module")
+def two_hunk_writer(tokenizer):
+    """A tiny model fitted (all weights) to answer CODE_A's prompt with TWO_HUNKS."""
+    sampler = make_sampler(tokenizer)
+    prompt = sampler.prompt_for(CODE_A)
+    ids, labels = lora_sft.encode_example(tokenizer, prompt, TWO_HUNKS)
+    batch = lora_sft.collate([(ids, labels)], tokenizer.pad_token_id, "cpu")
+    model = sampler.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(150):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    model.eval()
+    return model, prompt
+
+
+@pytest.mark.parametrize("decoder", ["shared_prefix", "hf"])
+@pytest.mark.parametrize("max_hunks", [0, 1, 2])
+def test_an_answer_ends_after_max_hunks_changing_hunks(tokenizer, two_hunk_writer, decoder, max_hunks):
+    """A model that writes two hunks: with max_hunks = 1 it is stopped at the second header
+    (by the shared-prefix decoder, by the cut after generate) and the answer is the first hunk."""
+    model, prompt = two_hunk_writer
+    sampler = make_sampler(tokenizer, generation=GenerationSettings(
+        temperature=0, max_new_tokens=80, batch_size=2, decoder=decoder, max_hunks=max_hunks))
+    sampler.model = model
+    out = sampler.generate([prompt])[0]
+    assert TWO_HUNKS.startswith(out.text), "the fitted model no longer writes TWO_HUNKS: fit it longer"
+    if max_hunks == 1:
+        assert out.stop_reason == "hunks" and out.text == TWO_HUNKS[: TWO_HUNKS.index("@@ -1,2")]
+        if decoder == "shared_prefix":  # stopped at the header, not run on to the fence
+            assert out.completion_tokens < len(tokenizer(TWO_HUNKS)["input_ids"])
+    else:
+        assert out.stop_reason == "fence" and out.text == TWO_HUNKS

@@ -33,9 +33,10 @@ ATTENTION_NAME = "cem_shared_prefix"
 #: Model families whose attention modules follow the Llama layout this loop relies on.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite")
 
-STOP_EOS, STOP_FENCE, STOP_LENGTH = "eos", "fence", "length"
-#: Why a completion ended: EOS (or pad) token, the stop test (fenced block closed), token limit.
-STOP_REASONS = (STOP_EOS, STOP_FENCE, STOP_LENGTH)
+STOP_EOS, STOP_FENCE, STOP_HUNKS, STOP_LENGTH = "eos", "fence", "hunks", "length"
+#: Why a completion ended: EOS (or pad) token, the stop test (fenced block closed, or a hunk
+#: begun past the sampler's max_hunks), token limit.
+STOP_REASONS = (STOP_EOS, STOP_FENCE, STOP_HUNKS, STOP_LENGTH)
 
 
 @dataclass
@@ -258,7 +259,7 @@ def decode(
     end_ids: set[int],
     generator,
     device,
-    stop: Callable[[list[int]], bool] | None = None,
+    stop: Callable[[list[int]], str | None] | None = None,
     stop_candidates: set[int] | frozenset = frozenset(),
     on_step: Callable[[int, int], None] | None = None,
     fold_lora: bool = False,
@@ -267,7 +268,7 @@ def decode(
     """``counts[j]`` completions of each prompt ``prompts[j]`` (token ids), prefilled once each.
 
     A row ends at a token in ``end_ids`` (reason ``eos``, the token not kept), when
-    ``stop(tokens)`` is true after a token from ``stop_candidates`` (``fence``), or after
+    ``stop(tokens)`` names a stop reason after a token from ``stop_candidates``, or after
     ``max_new_tokens`` tokens (``length``). Draws use ``generator`` only (seeded: same
     inputs, same outputs). Returns, per prompt, its completions in row order.
     ``on_step(tokens, finished)`` is called after every step with the tokens that step
@@ -340,8 +341,9 @@ def _steps(model, state, logits, owner, live, results, positions, seen, rule, ge
                 continue
             done.tokens.append(tok)
             added += 1
-            if tok in stop_candidates and stop is not None and stop(done.tokens):
-                done.stop_reason, live[r] = STOP_FENCE, False
+            reason = stop(done.tokens) if tok in stop_candidates and stop is not None else None
+            if reason:
+                done.stop_reason, live[r] = reason, False
                 finished += 1
         if on_step is not None:
             on_step(added, finished)

@@ -25,11 +25,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from cem_nas.build import INFEASIBLE, build
+from cem_nas.delta import cut_after_hunks
 from cem_nas.progress import QUIET, Progress, StepReporter
 from cem_nas.records import Baseline, Elite, Proposal, TaskSpec, UpdateStats
 from cem_nas.sampler import lora as lora_sft
 from cem_nas.sampler.hints import HintSettings, KindDistribution, applicable_kinds, corpus_pair_kinds, hint_text
-from cem_nas.sampler.decode import STOP_EOS, STOP_FENCE, STOP_LENGTH, SamplingRule, decode, supports_shared_prefix
+from cem_nas.sampler.decode import (
+    STOP_EOS, STOP_FENCE, STOP_HUNKS, STOP_LENGTH, SamplingRule, decode, supports_shared_prefix,
+)
 from cem_nas.sampler.embedded import DEFAULT_MODEL
 from cem_nas.sampler.lora import LoRASettings
 from cem_nas.sampler.model import LoadedModel, cache_root, load_model
@@ -56,7 +59,8 @@ class Generated(NamedTuple):
     completion_tokens: int
     """New tokens, EOS and padding excluded."""
     stop_reason: str
-    """eos, fence (the fenced block closed) or length (the token budget ran out)."""
+    """eos, fence (the fenced block closed), hunks (a hunk begun past max_hunks, cut off) or
+    length (the token budget ran out)."""
 
 
 class _FenceStop:
@@ -173,7 +177,7 @@ class LLMSampler:
         self._served = 0  # adapters handed to the server so far
         self._stale = True  # the server does not have the current adapter yet (openai engine)
         self._fallback_logged = False
-        self._backticks: frozenset | None = None
+        self._stop_tokens: frozenset | None = None
         # prompts the generation prefilled, for the update's first passes under the same adapter
         self.prompt_kv = PromptKV()
         self.progress: Progress = QUIET  # the loop installs its own: warm start and update show their steps
@@ -388,16 +392,25 @@ class LLMSampler:
 
     def generate(self, prompts: list[str]) -> list[Generated]:
         """Sample one completion per prompt (equal prompts share one prefill with the
-        shared-prefix decoder). The text is cut after the first closed fenced block.
+        shared-prefix decoder). The text is cut after the first closed fenced block and, in
+        delta mode, before a hunk begun past ``generation.max_hunks`` changing hunks.
 
         Uses torch's global RNG: seed it (``propose`` does, inside a forked RNG state).
         """
         if self.remote is not None:
-            return self._generate_remote(prompts)
+            return [self._limited(g) for g in self._generate_remote(prompts)]
         encoded = [lora_sft.encode_prompt(self.tokenizer, p) for p in prompts]
-        if self.decoder() == "hf":
-            return self._generate_hf(encoded)
-        return self._generate_shared(encoded)
+        done = self._generate_hf(encoded) if self.decoder() == "hf" else self._generate_shared(encoded)
+        return [self._limited(g) for g in done]
+
+    def _hunk_limit(self) -> int:
+        return self.generation.max_hunks if self.mode == "delta" else 0
+
+    def _limited(self, out: Generated) -> Generated:
+        """``out`` ended before a hunk begun past ``max_hunks`` changing hunks, whichever
+        engine wrote it (the shared-prefix decoder also stops there, the others run on)."""
+        cut = cut_after_hunks(out.text, self._hunk_limit()) if self._hunk_limit() else None
+        return out if cut is None else out._replace(text=cut, stop_reason=STOP_HUNKS)
 
     def _max_new_tokens(self) -> int:
         g = self.generation
@@ -406,12 +419,23 @@ class LLMSampler:
     def _closes_block(self, tokens: list[int]) -> bool:
         return closes_block(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
-    def _backtick_ids(self) -> frozenset:
-        """Token ids whose text holds a backtick: only those can close a fenced block."""
-        if self._backticks is None:
+    def _stop_reason(self, tokens: list[int]) -> str | None:
+        """fence when the completion closed its block, hunks when it began a hunk past max_hunks."""
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if closes_block(text):
+            return STOP_FENCE
+        if self._hunk_limit() and cut_after_hunks(text, self._hunk_limit()) is not None:
+            return STOP_HUNKS
+        return None
+
+    def _stop_ids(self) -> frozenset:
+        """Token ids whose text holds a backtick or an @: only those can close a fenced block
+        or begin a hunk header, so only after them is the completion decoded and tested."""
+        if self._stop_tokens is None:
             pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-            self._backticks = frozenset(i for i, t in enumerate(pieces) if t and ("`" in t or t == "<0x60>"))
-        return self._backticks
+            self._stop_tokens = frozenset(i for i, t in enumerate(pieces)
+                                          if t and ("`" in t or "@" in t or t in ("<0x60>", "<0x40>")))
+        return self._stop_tokens
 
     def _generate_shared(self, encoded: list[list[int]]) -> list[Generated]:
         import torch
@@ -426,7 +450,7 @@ class LLMSampler:
         generator = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,))))
         done = decode(self.model, list(groups), [len(rows) for rows in groups.values()], rule, self._max_new_tokens(),
                       {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}, generator, device,
-                      stop=self._closes_block, stop_candidates=self._backtick_ids(), on_step=self.on_decode_step,
+                      stop=self._stop_reason, stop_candidates=self._stop_ids(), on_step=self.on_decode_step,
                       fold_lora=device == "cpu",  # on CPU the adapter branches' op overhead dominates a step
                       prompt_kv=self.prompt_kv)
         results: list[Generated | None] = [None] * len(encoded)

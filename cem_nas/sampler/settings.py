@@ -28,6 +28,12 @@ class GenerationSettings:
     docs/results.md#delta-lengths)."""
     max_new_tokens_full: int = 1024
     """Token budget of one full-mode answer (a whole file)."""
+    max_hunks: int = 1
+    """Delta mode: an answer ends when it begins a hunk after this many hunks that change
+    something (stop reason ``hunks``), >= 0; 0: no limit. Asked for one change, the 0.5B
+    writes it, then hunks that repeat or misremember the file until its token limit; those
+    cost most of the decode time and make most apply errors (evidence:
+    docs/results.md#one-hunk)."""
     batch_size: int = 64
     """Rows decoded together, >= 1. With the shared-prefix decoder a step grows far slower
     than the rows, so the default takes a whole cycle in one batch (evidence:
@@ -63,6 +69,8 @@ class GenerationSettings:
             raise ValueError(f"few_shot must be >= 0; got {self.few_shot}")
         if self.max_new_tokens < 1 or self.max_new_tokens_full < 1:
             raise ValueError(f"max_new_tokens and max_new_tokens_full must be >= 1; got {self}")
+        if self.max_hunks < 0:
+            raise ValueError(f"max_hunks must be >= 0 (0: no limit); got {self.max_hunks}")
         if self.redraw_unchanged < 0:
             raise ValueError(f"redraw_unchanged is a number of rounds >= 0; got {self.redraw_unchanged}")
 
