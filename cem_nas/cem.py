@@ -168,9 +168,9 @@ class CEM:
                 bar.update()
 
     def baselines(self) -> list[Baseline]:
-        """The parents of this cycle: the zoo, or in refine mode the best candidates so far."""
-        if self.cfg.search.baseline_mode == "refine" and self.state.best:
-            return [Baseline(r.name, r.code) for r in self.parents(self.state.cycles_done)]
+        """The parents of this cycle: the zoo, or in refine mode the best so far (:meth:`parents`)."""
+        if self.cfg.search.baseline_mode == "refine" and (parents := self.parents(self.state.cycles_done)):
+            return [Baseline(r.name, r.code) for r in parents]
         return list(self.zoo)
 
     def sample(self, baselines: list[Baseline], n: int) -> list[Proposal]:
@@ -337,10 +337,19 @@ class CEM:
         return age > 0 and t - r.cycle <= age
 
     def parents(self, t: int) -> list[Ranked]:
-        """The refine parents of cycle ``t``: the best ``refine_top`` candidates so far, or with
+        """The refine parents of cycle ``t``: the best ``refine_top`` so far (candidates and,
+        with ``refine_zoo``, the scored zoo baselines as born in cycle -1), or with
         ``refine_age`` the best still young enough, topped up with the best older ones."""
-        old = [r for r in self.state.best if not self._young(r, t)]
-        return ([r for r in self.state.best if self._young(r, t)] + old)[: self.cfg.search.refine_top]
+        pool = sorted(self.state.best + self.scored_zoo(), key=lambda r: (-r.score, r.cycle, r.name))
+        old = [r for r in pool if not self._young(r, t)]
+        return ([r for r in pool if self._young(r, t)] + old)[: self.cfg.search.refine_top]
+
+    def scored_zoo(self) -> list[Ranked]:
+        """The zoo baselines with their proxy scores, when refine_zoo puts them in the parents' pool."""
+        if not self.cfg.search.refine_zoo:
+            return []
+        return [Ranked(b.name, b.code, r.accuracy, -1) for b in self.zoo
+                if (r := self.repeats.result(b.name)) is not None and r.status == "ok"]
 
     def attrs(self) -> dict[str, Any]:
         cfg = self.cfg

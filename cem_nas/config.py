@@ -90,6 +90,10 @@ class SearchSettings:
     """fixed: always the zoo baselines; refine: the best candidates so far become the baselines."""
     refine_top: int = 3
     """In refine mode, how many of the best candidates so far serve as baselines."""
+    refine_zoo: bool = True
+    """In refine mode, the scored zoo baselines are in the pool the parents are chosen from (as
+    born in cycle -1): the first parents are the best of the zoo, and a candidate becomes a
+    parent by outscoring one. false: only candidates, and the whole zoo until one is scored."""
     refine_age: int = 0
     """In refine mode, a candidate is a parent for at most this many cycles after the one it
     was born in (the aging of regularized evolution, Real et al. 2019), so the parents keep

@@ -363,7 +363,8 @@ def test_elites_teach_the_canonical_delta_and_the_strict_share_is_stored(tmp_pat
 
 def test_refine_mode_uses_the_best_candidates_as_baselines(tmp_path):
     cfg = small_config(tmp_path, **{"search.candidates": "7", "search.cycles": "2", "search.baseline_mode": "refine",
-                                    "search.refine_top": "1", "search.novelty_threshold": "1.0"})
+                                    "search.refine_top": "1", "search.novelty_threshold": "1.0",
+                                    "search.refine_zoo": "false"})
     sampler = ScriptedSampler()
     loop = open_loop(cfg, sampler, FakePool())
     first = loop.step()
@@ -376,9 +377,26 @@ def test_refine_mode_uses_the_best_candidates_as_baselines(tmp_path):
     assert all(c.code.startswith(best.code) for c in second.candidates if c.code)
 
 
+def test_refine_zoo_keeps_the_zoo_in_the_parents_pool_until_candidates_outscore_it(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "12", "search.cycles": "2", "search.baseline_mode": "refine",
+                                    "search.refine_top": "2", "search.novelty_threshold": "1.0",
+                                    "search.baselines": "mlp,plainnet,vgg,alexnet"})
+    loop = open_loop(cfg, ScriptedSampler(), FakePool())
+    first = loop.step()
+    zoo_scores = {name: r.accuracy for name, r in first.zoo.items() if r.status == "ok"}
+    assert len(zoo_scores) >= 2
+    assert first.baselines == sorted(zoo_scores, key=lambda n: (-zoo_scores[n], n))[:2]  # the best of the zoo
+    pool = {**zoo_scores, **{f"c0000_{c.cand:03d}": c.score for c in first.candidates if c.status == "ok" and not c.twin}}
+    second = loop.step()
+    assert second.baselines == sorted(pool, key=lambda n: (-pool[n], n.startswith("c"), n))[:2]
+    assert any(n.startswith("c0000_") for n in second.baselines), "no candidate outscored the zoo: change the fake scores"
+    assert {c.parent_cycle for c in second.candidates} <= {-1, 0}
+
+
 def test_refine_age_retires_parents_after_their_cycles(tmp_path):
     cfg = small_config(tmp_path, **{"search.candidates": "7", "search.cycles": "3", "search.baseline_mode": "refine",
-                                    "search.refine_top": "2", "search.refine_age": "1", "search.novelty_threshold": "1.0"})
+                                    "search.refine_top": "2", "search.refine_age": "1", "search.novelty_threshold": "1.0",
+                                    "search.refine_zoo": "false"})
     loop = open_loop(cfg, ScriptedSampler(), FakePool())
     records = [loop.step() for _ in range(3)]
     for prev, record in zip(records, records[1:]):
