@@ -8,7 +8,7 @@ ask the same question of a proposal, so they share this function. In pipeline or
 * ``unchanged``: the file is its parent (an empty delta, or one that rewrites lines as they were);
 * ``syntax_error``: the file is not valid Python;
 * ``out_of_scope``: under architecture scope the file changes the fixed training recipe
-  (:mod:`cem_nas.scope`);
+  or only a dropout rate, one of the recipe's hyperparameters (:mod:`cem_nas.scope`);
 
 and otherwise an empty status: a new file ready for the archive and the sandbox.
 Completeness of a delta was decided once by the sampler (``proposal.complete``) and is

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cem_nas import delta, mutations, novelty, zoo
+from cem_nas import delta, mutations, novelty, scope, zoo
 from cem_nas.cache import cache_root
 from cem_nas.edit_kinds import edit_kinds
 from cem_nas.scope import check_scope, fixed_parts_changed
@@ -66,7 +66,7 @@ def sources_hash() -> str:
     digest = hashlib.sha256()
     for name in zoo.names():
         digest.update(name.encode() + b"\0" + zoo.source(name).encode() + b"\0")
-    for module in (mutations, delta, novelty):
+    for module in (mutations, delta, novelty, scope):
         digest.update(Path(module.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
@@ -90,7 +90,7 @@ def applicable_choices(source: str, scope: str = "file") -> dict[int, list[int]]
     >>> from cem_nas import zoo
     >>> names = lambda scope: {mutations.GRAMMAR[j].name for j in applicable_choices(zoo.source("vgg"), scope)}
     >>> sorted(names("file") - names("architecture"))
-    ['lr', 'optimizer']
+    ['dropout', 'lr', 'optimizer']
     """
     check_scope(scope)
     out = {}

@@ -327,8 +327,9 @@ class Coordinate:
     #: The edits only change hyperparameter literals, train_setup or comments, so they can
     #: neither break ``Net(...)`` nor change output shapes (callers may skip a rebuild).
     build_safe: bool = False
-    #: The edits change the training recipe (train_setup), which search.scope = architecture
-    #: keeps fixed (:mod:`cem_nas.scope`): such coordinates stay at keep there.
+    #: The edits change the training recipe (train_setup, or a rate the recipe's prm sets),
+    #: which search.scope = architecture keeps fixed (:mod:`cem_nas.scope`): such
+    #: coordinates stay at keep there.
     recipe: bool = False
 
 
@@ -340,7 +341,7 @@ GRAMMAR: tuple[Coordinate, ...] = (
     Coordinate("kernel", ("keep", "3", "5"), _edit_kernel),
     Coordinate("activation", ("keep", "ReLU", "GELU", "SiLU", "LeakyReLU", "Tanh"), _edit_activation),
     Coordinate("pooling", ("keep", "max_to_avg", "avg_to_max"), _edit_pooling),
-    Coordinate("dropout", ("keep", "0.0", "0.1", "0.3", "0.5"), _edit_dropout, build_safe=True),
+    Coordinate("dropout", ("keep", "0.0", "0.1", "0.3", "0.5"), _edit_dropout, build_safe=True, recipe=True),
     Coordinate("optimizer", ("keep", "SGD", "Adam", "AdamW"), _edit_optimizer, build_safe=True, recipe=True),
     Coordinate("lr", ("keep", "x0.1", "x0.3", "x3"), _edit_lr, build_safe=True, recipe=True),
     Coordinate("tag", ("keep", "a", "b", "c"), _edit_tag, neutral=True, build_safe=True),

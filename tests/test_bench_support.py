@@ -43,3 +43,22 @@ def test_an_edit_of_the_training_recipe_is_out_of_scope_under_architecture_scope
     recipe = Proposal("mlp", "p", "r", delta=make_delta(code, code.replace("torch.optim.Adam(", "torch.optim.AdamW(")),
                       complete=True)
     assert build(code, recipe, "delta").status == "out_of_scope" and build(code, recipe, "delta", "file").status == ""
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_retuning_a_dropout_rate_is_out_of_scope_and_removing_the_layer_is_not(name):
+    """prm['dropout'] is a recipe hyperparameter: a rate edit of any zoo file is out of scope
+    under architecture scope (and kept under file scope); replacing the layer changes the net."""
+    code = zoo.source(name)
+    if "nn.Dropout(prm['dropout'])" not in code:
+        pytest.skip(f"{name} has no dropout layer")
+    for new in ("nn.Dropout(0.1)", "nn.Dropout(p=prm['dropout'] / 2)", "nn.Dropout2d(prm['dropout'])"):
+        edit = Proposal(name, "p", "r", delta=make_delta(code, code.replace("nn.Dropout(prm['dropout'])", new, 1)),
+                        complete=True)
+        built = build(code, edit, "delta")
+        expected = "" if "2d" in new else "out_of_scope"  # a different layer type is an architecture edit
+        assert built.status == expected and (not expected or "dropout rate" in built.message)
+        assert build(code, edit, "delta", "file").status == ""
+    removed = Proposal(name, "p", "r", delta=make_delta(code, code.replace("nn.Dropout(prm['dropout'])", "nn.Identity()", 1)),
+                       complete=True)
+    assert build(code, removed, "delta").status == ""

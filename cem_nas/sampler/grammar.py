@@ -46,7 +46,7 @@ def recipe_coordinates(scope: str) -> tuple[int, ...]:
     """Indices of the coordinates that edit the training recipe when ``scope`` keeps it fixed.
 
     >>> [mutations.GRAMMAR[j].name for j in recipe_coordinates("architecture")], recipe_coordinates("file")
-    (['optimizer', 'lr'], ())
+    (['dropout', 'optimizer', 'lr'], ())
     """
     check_scope(scope)
     return tuple(j for j, c in enumerate(mutations.GRAMMAR) if c.recipe and scope == "architecture")

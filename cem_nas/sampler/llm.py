@@ -281,10 +281,10 @@ class LLMSampler:
             "max_length": self.lora.max_length,
             "template": TEMPLATE_VERSION,
             "trainer": lora_sft.TRAINER_VERSION,
-            "corpus": None if self._corpus is None else hashlib.sha256(repr(self._corpus).encode()).hexdigest(),
+            # the pairs themselves: a change to the zoo, the grammar or the scope rules that
+            # changes what the corpus holds trains another adapter (for LEMUR: the files, not where they lay)
+            "corpus": hashlib.sha256(repr(self._corpus_items()).encode()).hexdigest(),
         }
-        if self.warm.corpus != "grammar":  # the pairs themselves: the files used, not where they lay
-            spec["corpus"] = hashlib.sha256(repr(self._corpus_items()).encode()).hexdigest()
         if self.loaded.dtype != "float32":  # trained in another dtype: another adapter (fp32 keys unchanged)
             spec["dtype"] = self.loaded.dtype
         if self.hints.enabled:  # hinted prompts, balanced corpus: another adapter (keys without hints unchanged)
