@@ -59,8 +59,9 @@ as itself, as a small model often does around its real edit) asks for nothing: w
 another hunk of the diff changes something it is dropped, so its context, often
 misremembered, cannot refuse the real edit.
 
-:func:`cut_after_hunks` ends a response after its first changing hunks: a sampler that asks
-for one change stops the model there instead of letting it write more until its limit.
+:func:`cut_after_hunks` ends a response after its first changing hunks, or a few unchanged
+lines after their last change: a sampler that asks for one change stops the model there
+instead of letting it write more hunks, or the rest of the file as context, until its limit.
 
 Whatever the input, :func:`apply_delta` returns an :class:`Applied` or raises
 :class:`DeltaError`; nothing else.
@@ -467,11 +468,13 @@ def _without_noop_hunks(parsed: _Parsed) -> _Parsed:
     return _Parsed(kept, [line for i, line in enumerate(lines) if i not in drop])
 
 
-def cut_after_hunks(text: str, n: int) -> str | None:
-    """``text`` up to the hunk header that follows its ``n``-th changing hunk, or None if it
-    has no such header (a changing hunk: its removed lines differ from its added lines).
+def cut_after_hunks(text: str, n: int, trailing: int = 0) -> str | None:
+    """``text`` up to the hunk header that follows its ``n``-th changing hunk or, with
+    ``trailing``, up to the ``trailing``-th whole unchanged line after the last change of
+    that hunk; None if it has neither (a changing hunk: its removed lines differ from its
+    added lines).
 
-    >>> answer = "```diff\\n@@ -1 +1 @@\\n-a\\n+a\\n@@ -3 +3 @@\\n-b\\n+c\\n@@ -9 +9 @@\\n-d\\n"
+    >>> answer = "```diff\\n@@ -1 +1 @@\\n-a\\n+a\\n@@ -3 +3 @@\\n-b\\n+c\\n x\\n y\\n@@ -9 +9 @@\\n-d\\n"
     >>> print(cut_after_hunks(answer, 1), end="")
     ```diff
     @@ -1 +1 @@
@@ -480,21 +483,35 @@ def cut_after_hunks(text: str, n: int) -> str | None:
     @@ -3 +3 @@
     -b
     +c
+     x
+     y
+    >>> print(cut_after_hunks(answer, 1, trailing=1), end="")
+    ```diff
+    @@ -1 +1 @@
+    -a
+    +a
+    @@ -3 +3 @@
+    -b
+    +c
+     x
     >>> cut_after_hunks(answer, 2) is None
     True
     """
-    changing, removed, added, offset = 0, None, [], 0
+    changing, removed, added, offset, quiet = 0, None, [], 0, 0
     for line in text.splitlines(keepends=True):
         if line.startswith("@@"):
             if removed is not None and _changes(removed, added):
                 changing += 1
             if changing >= n:
                 return text[:offset]
-            removed, added = [], []
-        elif removed is not None and line[:1] == "-":
-            removed.append(line[1:].rstrip("\r\n"))
-        elif removed is not None and line[:1] == "+":
-            added.append(line[1:].rstrip("\r\n"))
+            removed, added, quiet = [], [], 0
+        elif removed is not None and line[:1] in ("-", "+"):
+            (removed if line[0] == "-" else added).append(line[1:].rstrip("\r\n"))
+            quiet = 0
+        elif removed is not None and line[:1] in (" ", "\n", "\r") and line.endswith("\n"):
+            quiet += 1
+            if trailing and quiet >= trailing and changing + _changes(removed, added) >= n:
+                return text[: offset + len(line)]
         offset += len(line)
     return None
 

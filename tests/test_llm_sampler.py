@@ -422,19 +422,24 @@ TWO_HUNKS = ("```diff\n@@ -3,2 +3,2 @@\n     def forward(self, x):\n-        ret
              "@@ -1,2 +1,2 @@\n import torch\n-class Net(torch.nn.Module):\n+class Net(nn.Module):\n```")
 
 
+LONG_CONTEXT = ("```diff\n@@ -1,2 +1,2 @@\n-import torch.nn as nn\n+import torch.nn as tnn\n fc = nn.Linear(784, 10)\n"
+                " x = 1\n y = 2\n z = 3\n```")
+
+
 @pytest.fixture(scope="module")
 def two_hunk_writer(tokenizer):
-    """A tiny model fitted (all weights) to answer CODE_A's prompt with TWO_HUNKS."""
+    """A tiny model fitted (all weights) to answer CODE_A's prompt with TWO_HUNKS and
+    CODE_B's with LONG_CONTEXT (one change, then the rest of the file as context)."""
     sampler = make_sampler(tokenizer)
     prompt = sampler.prompt_for(CODE_A)
-    ids, labels = lora_sft.encode_example(tokenizer, prompt, TWO_HUNKS)
-    batch = lora_sft.collate([(ids, labels)], tokenizer.pad_token_id, "cpu")
+    pairs = [(prompt, TWO_HUNKS), (sampler.prompt_for(CODE_B), LONG_CONTEXT)]
+    batch = lora_sft.collate([lora_sft.encode_example(tokenizer, p, c) for p, c in pairs], tokenizer.pad_token_id, "cpu")
     model = sampler.model
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
-    for _ in range(150):
+    for _ in range(200):
         opt.zero_grad()
         model(**batch).loss.backward()
         opt.step()
@@ -459,3 +464,20 @@ def test_an_answer_ends_after_max_hunks_changing_hunks(tokenizer, two_hunk_write
             assert out.completion_tokens < len(tokenizer(TWO_HUNKS)["input_ids"])
     else:
         assert out.stop_reason == "fence" and out.text == TWO_HUNKS
+
+
+@pytest.mark.parametrize("decoder", ["shared_prefix", "hf"])
+@pytest.mark.parametrize("after", [0, 2])
+def test_an_answer_ends_a_few_unchanged_lines_after_its_change(tokenizer, two_hunk_writer, decoder, after):
+    model, _ = two_hunk_writer
+    sampler = make_sampler(tokenizer, generation=GenerationSettings(
+        temperature=0, max_new_tokens=80, batch_size=2, decoder=decoder, max_hunks=1, max_context_after=after))
+    sampler.model = model
+    out = sampler.generate([sampler.prompt_for(CODE_B)])[0]
+    assert LONG_CONTEXT.startswith(out.text), "the fitted model no longer writes LONG_CONTEXT: fit it longer"
+    if after:
+        assert out.stop_reason == "hunks" and out.text.endswith("+import torch.nn as tnn\n fc = nn.Linear(784, 10)\n x = 1\n")
+        proposal = sampler._extract(out.text, out.stop_reason)[0]
+        assert proposal is not None and proposal.endswith(" x = 1\n")
+    else:
+        assert out.stop_reason == "fence" and out.text == LONG_CONTEXT

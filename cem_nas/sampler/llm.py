@@ -407,9 +407,9 @@ class LLMSampler:
         return self.generation.max_hunks if self.mode == "delta" else 0
 
     def _limited(self, out: Generated) -> Generated:
-        """``out`` ended before a hunk begun past ``max_hunks`` changing hunks, whichever
-        engine wrote it (the shared-prefix decoder also stops there, the others run on)."""
-        cut = cut_after_hunks(out.text, self._hunk_limit()) if self._hunk_limit() else None
+        """``out`` ended after its last allowed hunk (``max_hunks``, ``max_context_after``),
+        whichever engine wrote it (the shared-prefix decoder also stops there, the others run on)."""
+        cut = self._cut(out.text)
         return out if cut is None else out._replace(text=cut, stop_reason=STOP_HUNKS)
 
     def _max_new_tokens(self) -> int:
@@ -420,21 +420,26 @@ class LLMSampler:
         return closes_block(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
     def _stop_reason(self, tokens: list[int]) -> str | None:
-        """fence when the completion closed its block, hunks when it began a hunk past max_hunks."""
+        """fence when the completion closed its block, hunks when it went past its last allowed hunk."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         if closes_block(text):
             return STOP_FENCE
-        if self._hunk_limit() and cut_after_hunks(text, self._hunk_limit()) is not None:
-            return STOP_HUNKS
-        return None
+        return STOP_HUNKS if self._cut(text) is not None else None
+
+    def _cut(self, text: str) -> str | None:
+        """``text`` ended after its last allowed hunk (see ``cut_after_hunks``), or None."""
+        n = self._hunk_limit()
+        return cut_after_hunks(text, n, self.generation.max_context_after) if n else None
 
     def _stop_ids(self) -> frozenset:
-        """Token ids whose text holds a backtick or an @: only those can close a fenced block
-        or begin a hunk header, so only after them is the completion decoded and tested."""
+        """Token ids whose text holds a backtick, an @ or a newline (byte-level BPE writes it
+        Ċ): only those can close a fenced block, begin a hunk header or end a line, so only
+        after them is the completion decoded and tested."""
         if self._stop_tokens is None:
             pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            marks = ("`", "@", "\n", "Ċ")
             self._stop_tokens = frozenset(i for i, t in enumerate(pieces)
-                                          if t and ("`" in t or "@" in t or t in ("<0x60>", "<0x40>")))
+                                          if t and (any(m in t for m in marks) or t in ("<0x60>", "<0x40>", "<0x0A>")))
         return self._stop_tokens
 
     def _generate_shared(self, encoded: list[list[int]]) -> list[Generated]:

@@ -34,6 +34,12 @@ class GenerationSettings:
     writes it, then hunks that repeat or misremember the file until its token limit; those
     cost most of the decode time and make most apply errors (evidence:
     docs/results.md#one-hunk)."""
+    max_context_after: int = 3
+    """Delta mode, with max_hunks: the answer also ends once this many unchanged lines follow
+    the last change of its last allowed hunk, >= 0; 0: no limit. The warm start shows 3 lines
+    of context; a warm-started 0.5B may go on copying the rest of the file as context until
+    its token limit, and that answer is then refused as truncated (evidence:
+    docs/results.md#one-hunk)."""
     batch_size: int = 64
     """Rows decoded together, >= 1. With the shared-prefix decoder a step grows far slower
     than the rows, so the default takes a whole cycle in one batch (evidence:
@@ -69,8 +75,9 @@ class GenerationSettings:
             raise ValueError(f"few_shot must be >= 0; got {self.few_shot}")
         if self.max_new_tokens < 1 or self.max_new_tokens_full < 1:
             raise ValueError(f"max_new_tokens and max_new_tokens_full must be >= 1; got {self}")
-        if self.max_hunks < 0:
-            raise ValueError(f"max_hunks must be >= 0 (0: no limit); got {self.max_hunks}")
+        if self.max_hunks < 0 or self.max_context_after < 0:
+            raise ValueError(f"max_hunks and max_context_after must be >= 0 (0: no limit); got {self.max_hunks}, "
+                             f"{self.max_context_after}")
         if self.redraw_unchanged < 0:
             raise ValueError(f"redraw_unchanged is a number of rounds >= 0; got {self.redraw_unchanged}")
 
