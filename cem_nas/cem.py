@@ -184,6 +184,8 @@ class CEM:
         with self.progress(total=n, desc="generate") as bar:
             tokens = TokenReporter(bar)
             self.sampler.on_decode_step = tokens  # an LLM reports every decoding step
+            if self.cfg.search.redraw_repeats:
+                self.sampler.seen = lambda code: self.repeats.twin(code)[0] is not None
             try:
                 while len(proposals) < n:
                     shift = len(proposals) % len(baselines)
@@ -192,6 +194,7 @@ class CEM:
                     tokens.sync(len(proposals), sum(p.completion_tokens for p in proposals))
             finally:
                 self.sampler.on_decode_step = None
+                self.sampler.seen = None
         return proposals
 
     def prepare(self, t: int, i: int, p: Proposal, by_name: dict[str, Baseline]) -> Candidate:

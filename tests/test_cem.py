@@ -470,3 +470,27 @@ def test_unknown_baseline_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown zoo baseline\(s\) \['nonet'\]"):
         open_loop(cfg, ScriptedSampler(), FakePool())
     assert "mlp" in zoo.names()
+
+
+@pytest.mark.parametrize("redraw", [False, True])
+def test_redraw_repeats_shows_the_sampler_what_the_run_has_seen_while_it_samples(tmp_path, redraw):
+    class Watching(ScriptedSampler):
+        seen = None
+
+        def propose(self, baselines, n, rng):
+            self.during = self.seen
+            return super().propose(baselines, n, rng)
+
+    cfg = small_config(tmp_path, **{"search.cycles": "2", "search.redraw_repeats": str(redraw).lower(),
+                                    "search.novelty_threshold": "1.0"})
+    sampler = Watching()
+    loop = open_loop(cfg, sampler, FakePool())
+    first = loop.step()
+    loop.step()
+    assert sampler.seen is None  # only while sampling
+    if not redraw:
+        assert sampler.during is None
+        return
+    new = next(c for c in first.candidates if c.status == "ok" and c.is_new)
+    assert sampler.during(zoo.source("mlp")) and sampler.during(new.code)
+    assert not sampler.during(zoo.source("vgg"))  # not a baseline of this run

@@ -481,3 +481,26 @@ def test_an_answer_ends_a_few_unchanged_lines_after_its_change(tokenizer, two_hu
         assert proposal is not None and proposal.endswith(" x = 1\n")
     else:
         assert out.stop_reason == "fence" and out.text == LONG_CONTEXT
+
+
+def test_a_proposal_of_a_seen_file_is_drawn_again_when_the_loop_says_what_it_has_seen(tokenizer):
+    from cem_nas.delta import apply_delta
+    from cem_nas.sampler.llm import Generated
+
+    other = DELTA_A.replace("return x * 2", "return x * 3")
+    sampler = make_sampler(tokenizer, generation=GenerationSettings(max_new_tokens=12, batch_size=8, redraw_unchanged=3))
+    calls = []
+
+    def scripted(prompts):  # the first two rounds give the seen file, then a new one
+        calls.append(len(prompts))
+        return [Generated(f"```diff\n{DELTA_A if len(calls) <= 2 else other}```", 10, 5, "fence") for _ in prompts]
+
+    sampler.generate = scripted
+    seen_file = apply_delta(CODE_A, DELTA_A).code
+    for installed, rounds in ((None, 0), (lambda code: code == seen_file, 2)):
+        calls.clear()
+        sampler.seen = installed
+        proposals = sampler.propose([Baseline("a", CODE_A)], 3, np.random.default_rng(0))
+        assert calls == [3] + [3] * rounds
+        assert all(p.meta.get("redraws", 0) == rounds for p in proposals)
+        assert all(("x * 3" in p.delta) == bool(rounds) for p in proposals)

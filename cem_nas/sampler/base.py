@@ -32,6 +32,11 @@ class Sampler(Protocol):
     #: sampling, a sampler that does not decode never calls it.
     on_decode_step: Callable[[int, int], None] | None
 
+    #: Whether a file repeats one the run has seen (the zoo, any earlier candidate); the loop
+    #: installs it while sampling with search.redraw_repeats, and a sampler that draws
+    #: infeasible proposals again draws those again too. A sampler that never redraws ignores it.
+    seen: Callable[[str], bool] | None
+
     #: False until :meth:`warm_start` has run; a sampler without a warm start is always True.
     warm_started: bool
 

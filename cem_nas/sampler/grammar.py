@@ -68,6 +68,7 @@ class GrammarSampler:
     dtype = ""
     progress: Progress = QUIET
     on_decode_step: Callable[[int, int], None] | None = None
+    seen: Callable[[str], bool] | None = None  # never read: the grammar does not redraw
     warm_started = True
 
     def __init__(self, alpha: float = 0.7, probs=None, seed: int = 0, mode: str = "delta", scope: str = "file"):

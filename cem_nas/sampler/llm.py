@@ -182,6 +182,7 @@ class LLMSampler:
         self.prompt_kv = PromptKV()
         self.progress: Progress = QUIET  # the loop installs its own: warm start and update show their steps
         self.on_decode_step: Callable[[int, int], None] | None = None  # (tokens added, rows finished) per step
+        self.seen: Callable[[str], bool] | None = None  # installed by the loop with search.redraw_repeats
 
     def describe(self) -> str:
         """Model, device, dtype (and why), decoder: one line for the run's log."""
@@ -584,10 +585,12 @@ class LLMSampler:
         return proposals  # type: ignore[return-value]
 
     def infeasible(self, proposal: Proposal, parent: str) -> bool:
-        """Whether ``proposal`` is well written but proposes nothing in the search space: it
-        leaves ``parent`` as it was, or changes the fixed training recipe (:data:`cem_nas.build.INFEASIBLE`).
-        An answer that does not parse or apply is not: it is a failure of its own."""
-        return build(parent, proposal, self.mode, self.scope).status in INFEASIBLE
+        """Whether ``proposal`` is well written but proposes nothing new in the search space: it
+        leaves ``parent`` as it was, changes the fixed training recipe (:data:`cem_nas.build.INFEASIBLE`)
+        or, with ``seen`` installed, builds a file the run has seen. An answer that does not
+        parse or apply is not: it is a failure of its own."""
+        built = build(parent, proposal, self.mode, self.scope)
+        return built.status in INFEASIBLE or (not built.status and self.seen is not None and self.seen(built.code))
 
     def _draw(self, slots: list[int], prompts: list[str], names: list[str], kinds: list[str], seed: int,
               proposals: list) -> None:
