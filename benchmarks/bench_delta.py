@@ -41,6 +41,16 @@ def _mangle_one_context_line(delta: str, rng: np.random.Generator) -> str:
     return "\n".join(lines)
 
 
+def _leave_out_one_context_line(delta: str, rng: np.random.Generator) -> str:
+    """A hunk that forgot a line of context between two others (the gapped tier's case)."""
+    lines = delta.split("\n")
+    inner = [i for i in range(1, len(lines) - 1) if lines[i].startswith(" ") and lines[i].strip()
+             and lines[i - 1][:1] in " +-" and lines[i + 1][:1] in " +-"]
+    if inner:
+        del lines[int(rng.choice(inner))]
+    return "\n".join(lines)
+
+
 PERTURBATIONS = {
     "exact": lambda d, rng: d,
     "shifted numbers": lambda d, rng: re.sub(r"@@ -(\d+)", lambda m: f"@@ -{int(m.group(1)) + int(rng.integers(1, 12))}", d),
@@ -57,6 +67,7 @@ PERTURBATIONS = {
     "blank lines lost space": lambda d, rng: _body(d, lambda i, ln: "" if ln == " " else ln),
     "crlf": lambda d, rng: d.replace("\n", "\r\n"),
     "mangled context": _mangle_one_context_line,
+    "context line left out": _leave_out_one_context_line,
     "truncated": lambda d, rng: d[: int(len(d) * 0.8)],
 }
 
@@ -82,7 +93,7 @@ def edit_pairs(per_baseline: int, rng: np.random.Generator) -> list[tuple[str, s
 def run(per_baseline: int, seed: int, partial: bool) -> None:
     rng = np.random.default_rng(seed)
     pairs = edit_pairs(per_baseline, rng)
-    columns = [*TIERS[:3], *(["partial"] if partial else []), "parse_error", "apply_error", "correct"]
+    columns = [*TIERS[:4], *(["partial"] if partial else []), "parse_error", "apply_error", "correct"]
     print(f"{len(pairs)} deltas from {len(zoo.names())} baselines, partial={partial}; shares in %, "
           f"median apply time in ms\n")
     print(f"{'perturbation':24s}" + "".join(f"{c:>12s}" for c in columns) + f"{'median_ms':>11s}")

@@ -22,8 +22,18 @@ is refused.
     the old side is located by content alone, tolerating trailing whitespace, CRLF,
     a missing final newline and a uniform indentation offset (the added lines are then
     re-indented by the same offset; indentation is measured in characters).
+``gapped``
+    for a hunk the content tier finds nowhere (never one it finds at several places):
+    its old side matched line by line, up to trailing whitespace, with one run of at
+    most :data:`MAX_GAP` source lines skipped between two of its lines; the whole
+    region is rewritten as the hunk says. A small model often leaves out a line of
+    context, and either writes it back among its added lines (old side ``BatchNorm2d,
+    MaxPool2d``, new side ``BatchNorm2d, ReLU, GELU, MaxPool2d`` where the file reads
+    ``BatchNorm2d, ReLU, MaxPool2d``: its new side is the text it wants there, and the
+    skipped lines are replaced) or forgets it (no added line repeats a skipped one: the
+    skipped lines stay where they were). The smallest gap wins; ties as below.
 ``partial``
-    only with ``partial=True``: the hunks that verify at the content tier are applied,
+    only with ``partial=True``: the hunks that verify at the gapped tier are applied,
     the others are reported in :attr:`Applied.hunks`.
 
 Ties: among candidate places of equal match quality (exact < whitespace-only <
@@ -81,7 +91,9 @@ MAX_DELTA_CHARS = 64_000
 #: Largest source or result accepted, in characters.
 MAX_RESULT_CHARS = 256_000
 #: Tier names, in the order they are tried.
-TIERS = ("strict", "recount", "content", "partial")
+TIERS = ("strict", "recount", "content", "gapped", "partial")
+#: Most source lines the ``gapped`` tier lets a hunk's old side skip: one short block.
+MAX_GAP = 8
 #: Values of :attr:`DeltaError.kind`.
 ERROR_KINDS = ("parse_error", "apply_error")
 
@@ -571,7 +583,18 @@ class _Placement:
 
 
 class _Miss(Exception):
-    """A hunk that could not be placed at this tier (internal; becomes a DeltaError)."""
+    """A hunk that could not be placed at this tier (internal; becomes a DeltaError).
+
+    ``why`` may be a function: the search for the nearest source lines runs only for the
+    message that is shown, the last tier's, not once per tier tried.
+    """
+
+    def __init__(self, why: str | Callable[[], str]):
+        super().__init__(why)
+        self.why = why
+
+    def __str__(self) -> str:
+        return self.why() if callable(self.why) else self.why
 
 
 def _label(hunk: _Hunk) -> str:
@@ -619,7 +642,7 @@ def _locate_recount(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
         return _Placement(hunk, _insertion_point(hunk, len(src)), 0, hunk.new, "recount")
     places = [p for p in _anchor_starts(src, old) if _exact_at(src, p, old)]
     if not places:
-        raise _Miss(_explain_miss(src, hunk))
+        raise _Miss(lambda: _explain_miss(src, hunk))
     return _Placement(hunk, _choose(hunk, places, "exactly"), len(old), hunk.new, "recount")
 
 
@@ -680,29 +703,84 @@ def _locate_content(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
     else:
         scored = [(m, p) for p in _anchor_starts(src, old) if (m := _content_match(src, p, old)) is not None]
         if not scored:
-            raise _Miss(_explain_miss(src, hunk))
+            raise _Miss(lambda: _explain_miss(src, hunk))
         best = min(m[0] for m, _ in scored)
         p = _choose(hunk, [p for m, p in scored if m[0] == best], "equally well")
         quality, shift = next(m for m, q in scored if q == p)
-    pad = next((s[0][0] for s, _ in zip(src[p:], old) if s[0][:1].isspace()), " ")
+    return _place(src, hunk, p, len(old), src[p : p + len(old)], "recount" if quality == 0 else "content", crlf, shift)
+
+
+def _gap_at(src: list[Line], p: int, old: list[Line]) -> tuple[int, int] | None:
+    """(k, g): the old side matches the source from ``p`` with the ``g`` source lines after its
+    first ``k`` lines skipped (1 <= g <= MAX_GAP, lines equal up to trailing whitespace), the
+    smallest such ``g``; or None. Both sides of the gap hold a non-blank matched line."""
+    def same(i: int, j: int) -> bool:
+        return src[i][0].rstrip() == old[j][0].rstrip()
+
+    n, k = len(old), 0
+    while k < n and p + k < len(src) and same(p + k, k):
+        k += 1
+    if k == n or not any(t.strip() for t, _ in old[:k]) or not any(t.strip() for t, _ in old[k:]):
+        return None
+    for g in range(1, MAX_GAP + 1):
+        if p + n + g > len(src):
+            return None
+        if all(same(p + g + j, j) for j in range(k, n)):
+            return k, g
+    return None
+
+
+def _locate_gapped(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
+    """The content tier; for a hunk it finds nowhere, its old side with one run of skipped source lines."""
+    old = hunk.old
+    if not old or any(_content_match(src, p, old) is not None for p in _anchor_starts(src, old)):
+        return _locate_content(src, hunk, crlf)  # placed there, or refused there (ambiguous)
+    gaps = {p: m for p in range(len(src)) if (m := _gap_at(src, p, old)) is not None}
+    if not gaps:
+        raise _Miss(lambda: _explain_miss(src, hunk))
+    g = min(g for _, g in gaps.values())
+    p = _choose(hunk, [p for p, (_, h) in gaps.items() if h == g], f"with {g} skipped line(s)")
+    k = gaps[p][0]
+    skipped = src[p + k : p + k + g]
+    added = {t.strip() for tag, t, _ in hunk.body if tag == "+"}
+    # written back among the added lines: the new side holds them; else forgotten context, kept
+    kept = (0, []) if all(t.strip() in added for t, _ in skipped if t.strip()) else (k, skipped)
+    return _place(src, hunk, p, len(old) + g, src[p : p + k] + src[p + k + g : p + len(old) + g], "gapped", crlf,
+                  kept=kept)
+
+
+def _place(src: list[Line], hunk: _Hunk, p: int, length: int, matched: list[Line], tier: str, crlf: bool,
+           shift: int = 0, kept: tuple[int, list[Line]] = (0, [])) -> _Placement:
+    """``hunk`` replacing the ``length`` source lines from ``p`` on; ``matched``: the source
+    lines its old side matched there, in order (all of them but a gap's).
+
+    Context lines come from the source (its whitespace is kept), added lines from the hunk,
+    re-indented by ``shift``; ``kept`` = (k, lines): source lines that stay right before the
+    old line k (0-based; 0 keeps none), after any lines added before it.
+    """
+    pad = next((s[0][0] for s in matched if s[0][:1].isspace()), " ")
     new: list[Line] = []
-    context = iter(src[p : p + len(old)])
+    context = iter(matched)
+    used = 0
     for tag, t, eol in hunk.body:
-        if tag == "-":
-            next(context)
-        elif tag == " ":
-            new.append(next(context))  # the source's own line: its whitespace is kept
+        if tag in "- ":
+            if used == kept[0]:
+                new.extend(kept[1])
+            line = next(context)
+            if tag == " ":
+                new.append(line)
+            used += 1
         else:
             t = t.rstrip("\r")
             new.append((_reindent(t, shift, pad) + ("\r" if crlf and eol else ""), eol))
-    reaches_end = p + len(old) == len(src)
+    reaches_end = p + length == len(src)
     if new and reaches_end and not hunk.has_marker and src:
         # no "\ No newline" marker: keep the file's final newline as it was (and an added
         # last line loses the CR of the CRLF it no longer has)
         text, eol = new[-1][0], src[-1][1]
         last_added = next(tag for tag, _, _ in reversed(hunk.body) if tag != "-") == "+"
         new[-1] = (text.removesuffix("\r") if last_added and crlf and not eol else text, eol)
-    return _Placement(hunk, p, len(old), new, "recount" if quality == 0 else "content", shift)
+    return _Placement(hunk, p, length, new, tier, shift)
 
 
 def _nearest_lines(line: str, src: list[Line], n: int = 3) -> list[tuple[int, str, float]]:
@@ -772,13 +850,13 @@ def _unidiff_agrees(parsed: _Parsed) -> bool:
     return theirs == ours
 
 
-def _place_all(src: list[Line], hunks: list[_Hunk], locate: Callable, crlf: bool) -> tuple[list[_Placement], dict[int, str]]:
+def _place_all(src: list[Line], hunks: list[_Hunk], locate: Callable, crlf: bool) -> tuple[list[_Placement], dict[int, _Miss]]:
     placed, missed = [], {}
     for hunk in hunks:
         try:
             placed.append(locate(src, hunk, crlf))
         except _Miss as e:
-            missed[hunk.index] = str(e)
+            missed[hunk.index] = e
     return placed, missed
 
 
@@ -805,7 +883,7 @@ def _compose(src: list[Line], placed: list[_Placement]) -> str:
     return code
 
 
-def _results(placed: list[_Placement], hunks: list[_Hunk], missed: dict[int, str]) -> tuple[HunkResult, ...]:
+def _results(placed: list[_Placement], hunks: list[_Hunk], missed: dict[int, _Miss]) -> tuple[HunkResult, ...]:
     by_index = {pl.hunk.index: pl for pl in placed}
     out = []
     for h in hunks:
@@ -813,7 +891,7 @@ def _results(placed: list[_Placement], hunks: list[_Hunk], missed: dict[int, str
         header_start = None if header_pos is None else header_pos + 1
         pl = by_index.get(h.index)
         if pl is None:
-            out.append(HunkResult(h.index, h.header, None, False, None, header_start, None, 0, missed[h.index]))
+            out.append(HunkResult(h.index, h.header, None, False, None, header_start, None, 0, str(missed[h.index])))
             continue
         offset = None if header_start is None else pl.start + 1 - header_start
         out.append(HunkResult(h.index, h.header, pl.tier, True, pl.start + 1, header_start, offset, pl.indent))
@@ -823,7 +901,7 @@ def _results(placed: list[_Placement], hunks: list[_Hunk], missed: dict[int, str
 def apply_delta(source: str, delta: str, partial: bool = False, complete: bool | None = None) -> Applied:
     """Apply a unified diff (possibly wrapped in an LLM's answer) to ``source``.
 
-    Tries the tiers strict -> recount -> content (-> partial when ``partial=True``)
+    Tries the tiers strict -> recount -> content -> gapped (-> partial when ``partial=True``)
     described in the module docstring; returns the first that places every hunk.
     ``complete``: whether ``delta`` is known to be whole (see the module docstring).
     Raises :class:`DeltaError`: ``parse_error`` if no diff can be read, ``apply_error``
@@ -838,7 +916,7 @@ def apply_delta(source: str, delta: str, partial: bool = False, complete: bool |
     source = _check_text(source, "source", MAX_RESULT_CHARS, "apply_error")
     src = _split(source)
     crlf = sum(t.endswith("\r") for t, _ in src) * 2 > len(src)
-    passes = [("recount", _locate_recount), ("content", _locate_content)]
+    passes = [("recount", _locate_recount), ("content", _locate_content), ("gapped", _locate_gapped)]
     if _unidiff_agrees(parsed):
         passes.insert(0, ("strict", _locate_strict))
     for tier, locate in passes:
@@ -847,5 +925,5 @@ def apply_delta(source: str, delta: str, partial: bool = False, complete: bool |
             return Applied(_compose(src, placed), tier, _results(placed, parsed.hunks, missed))
     if partial and placed:
         return Applied(_compose(src, placed), "partial", _results(placed, parsed.hunks, missed))
-    failed = "; ".join(missed[i] for i in sorted(missed))
+    failed = "; ".join(str(missed[i]) for i in sorted(missed))
     raise DeltaError("apply_error", f"{len(missed)} of {len(parsed.hunks)} hunk(s) did not apply: {failed}")

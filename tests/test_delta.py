@@ -188,6 +188,50 @@ def test_header_breaks_a_tie_at_the_content_tier():
     assert r.code == SAMPLE.replace("        y = y + x\n        return y\n\n    def forward", "        y = y - x\n        return y\n\n    def forward")
 
 
+# runs/default_1205, cycle 0: the 0.5B left ``nn.ReLU(),`` out of its old side and wrote it
+# back among its added lines
+SKIPPED_RELU = (
+    "--- a/net.py\n+++ b/net.py\n@@ -14,6 +14,8 @@\n         self.features = nn.Sequential(\n"
+    "             nn.Conv2d(in_shape[1], 16, 3, padding=1),\n             nn.BatchNorm2d(16),\n"
+    "+            nn.ReLU(),\n+            nn.GELU(),\n             nn.MaxPool2d(2),\n"
+    "             nn.Conv2d(16, 32, 3, padding=1),\n             nn.BatchNorm2d(32),\n"
+)
+
+
+def test_an_old_side_that_skips_a_source_line_applies_its_new_side_over_the_gap():
+    base = zoo.source("plainnet")
+    relu = "            nn.BatchNorm2d(16),\n            nn.ReLU(),\n            nn.MaxPool2d(2),\n"
+    assert relu in base, "the zoo's plainnet changed: take another stored answer"
+    r = apply_delta(base, SKIPPED_RELU)
+    assert (r.tier, r.hunks[0].tier, r.hunks[0].start) == ("gapped", "gapped", 14)
+    assert r.code == base.replace(relu, relu.replace("ReLU(),\n", "ReLU(),\n            nn.GELU(),\n"))
+
+
+def test_a_skipped_line_no_added_line_repeats_is_forgotten_context_and_stays():
+    forgot = "@@ @@\n     def block_a(self, x):\n         y = self.stem(x)\n-        y = y + x\n+        y = y * x\n         return y\n"
+    r = apply_delta(SAMPLE, forgot)
+    assert (r.tier, r.code) == ("gapped", SAMPLE.replace("relu(y)\n        y = y + x\n        return y\n\n    def block_b",
+                                                         "relu(y)\n        y = y * x\n        return y\n\n    def block_b"))
+
+
+def test_a_gap_is_refused_when_ambiguous_too_long_or_at_an_end():
+    # the two residual blocks: "relu" skipped between stem and "y + x" fits both
+    skip = "@@ @@\n         y = self.stem(x)\n+        y = torch.relu(y)\n+        y = torch.tanh(y)\n         y = y + x\n"
+    kind, err = outcome(SAMPLE, skip)
+    assert kind == "apply_error" and "ambiguous" in err.message and "lines 12, 18" in err.message
+    r = apply_delta(SAMPLE, skip.replace("@@ @@", "@@ -18,2 +18,3 @@"))
+    assert (r.tier, r.code) == ("gapped", SAMPLE.replace("relu(y)\n        y = y + x\n        return y\n\n    def forward",
+                                                         "relu(y)\n        y = torch.tanh(y)\n        y = y + x\n        return y\n\n    def forward"))
+    lines = SAMPLE.split("\n")
+    far = f"@@ @@\n {lines[1]}\n+import os\n {lines[D.MAX_GAP + 3]}\n"  # MAX_GAP + 1 lines between them
+    assert lines[D.MAX_GAP + 2].strip(), "pick an end line that is not blank"
+    assert "context not found" in outcome(SAMPLE, far)[1].message
+    assert outcome(SAMPLE, far.replace(f" {lines[D.MAX_GAP + 3]}", f" {lines[D.MAX_GAP + 2]}"))[0] == "gapped"
+    # a line the source lacks at either end is no gap
+    for end in (f"@@ @@\n {lines[0]}\n+import os\n {lines[1]}\n x = 1\n", f"@@ @@\n x = 1\n+import os\n {lines[0]}\n {lines[1]}\n"):
+        assert outcome(SAMPLE, end)[0] == "apply_error"
+
+
 def test_missing_context_is_refused_and_the_nearest_line_named():
     kind, err = outcome(SAMPLE, BASE.replace(" self.head = nn.Linear(32, out_shape[0])", " self.head = nn.Linear(32, 10)"))
     assert kind == "apply_error"
@@ -483,7 +527,12 @@ def test_applied_hunks_sit_where_their_old_lines_are(delta, partial):
     for h in r.hunks:
         if h.applied:
             old = old_sides[h.index]
-            assert [t.strip() for t in SAMPLE_LINES[h.start - 1 : h.start - 1 + len(old)]] == old
+            at = [t.strip() for t in SAMPLE_LINES[h.start - 1 :]]
+            if h.tier == "gapped":  # the old side, less one run of up to MAX_GAP lines inside it
+                assert any(at[:k] + at[k + g : len(old) + g] == old for k in range(1, len(old))
+                           for g in range(1, D.MAX_GAP + 1)), h
+            else:
+                assert at[: len(old)] == old
         else:
             assert got == "partial" and h.message
 
