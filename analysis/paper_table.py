@@ -214,7 +214,8 @@ def _ratio_verdict(r: dict) -> tuple[str, str]:
     """Seed 000: delta outputs are valid more often (1.41x), and the token-error model
     overstates that ratio (2.23). Verdicts on both from one LLM's (or the pool's) ratios."""
     if "measured" not in r:
-        return "cannot decide", "needs both modes"
+        both = ("cannot decide", "needs both modes")
+        return both, both
     ratio, lo, hi = r["measured"]
     n = f"n = {r['delta'][1]} / {r['full'][1]}"
     seed = "contains" if lo <= SEED_000["ratio_observed"] <= hi else "excludes"

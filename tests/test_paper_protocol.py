@@ -206,6 +206,15 @@ def test_claims_per_run_and_the_seed_verdicts(fake_cells):
     assert "Bonferroni over 1 LLMs (each at 95%)" in text and "| m-delta |" in text
 
 
+def test_a_run_in_one_mode_only_leaves_the_mode_claims_undecided(fake_cells):
+    only_delta = {key: root for key, root in fake_cells.items() if key[1] == "delta"}
+    runs = pt.load_cells(only_delta)
+    rows = pt.seed_claims_table(runs, {"m": pt.validity_ratio(runs)}, pt.arcsin_claims(runs)).rows
+    mode_rows = [r for r in rows if r[1].startswith(("delta valid", "token-error", "delta beats"))]
+    assert len(mode_rows) == 3 and all(r[2:] == ["cannot decide", "needs both modes"] for r in mode_rows)
+    assert all(len(r) == 4 for r in rows)
+
+
 @pytest.mark.slow
 def test_the_protocol_with_the_embedded_llm(tmp_path):
     argv = ["--models", "smollm2", "--cycles", "1", "--candidates", "2", "--baselines", "mlp", "--max-train", "200",
