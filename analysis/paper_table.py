@@ -203,7 +203,7 @@ def arcsin_table(found: Mapping[str, cl.Claim]) -> Table:
     for scope, claim in found.items():
         n = claim.numbers
         lo, hi = n.get("spearman_ci", (math.nan, math.nan))
-        rows.append([scope, fmt(n.get("n_architectures", 0)), fmt(n.get("n_pairs", 0)), fmt(n.get("icc", math.nan)),
+        rows.append([scope, fmt(n.get("n_architectures", 0)), fmt(n.get("n_pairs", math.nan)), fmt(n.get("icc", math.nan)),
                      f"{fmt(n.get('spearman', math.nan))} [{fmt(lo)}, {fmt(hi)}]", fmt(n.get("moran_expectation", math.nan)),
                      fmt(n.get("arcsin_prediction", math.nan)), fmt(n.get("pairs_needed", math.nan), 0), claim.verdict])
     return Table(["scope", "architectures", "pairs", "ICC(1)", "test-retest Spearman [CI]", "Moran expectation",
