@@ -109,10 +109,10 @@ class SearchSettings:
     """A candidate repeats an archived architecture (not trained) when its MinHash Jaccard to it is >= this."""
     redraw_repeats: bool = False
     """A proposal whose file repeats one the run has seen (the zoo or an earlier candidate, as
-    the loop reads repeats) is drawn again like one that changes nothing, within the sampler's
-    generation.redraw_unchanged rounds (the CE density truncated to unseen files); one still a
-    repeat after the last round is a repeat as ``duplicates`` says. Only samplers that redraw
-    (the LLM) act on it."""
+    the loop reads repeats), or another proposal's of the same generation batch, is drawn again
+    like one that changes nothing, within the sampler's generation.redraw_unchanged rounds (the
+    CE density truncated to unseen files); one still a repeat after the last round is a repeat
+    as ``duplicates`` says. Only samplers that redraw (the LLM) act on it."""
     duplicates: str = "inherit"
     """What a repeat of an archived architecture is: inherit (the CE reading: it takes its twin's status and score
     and may be an elite) or reject (the reference pipeline's reading: status duplicate, never an elite, a miss)."""

@@ -487,13 +487,13 @@ def test_a_proposal_of_a_seen_file_is_drawn_again_when_the_loop_says_what_it_has
     from cem_nas.delta import apply_delta
     from cem_nas.sampler.llm import Generated
 
-    other = DELTA_A.replace("return x * 2", "return x * 3")
     sampler = make_sampler(tokenizer, generation=GenerationSettings(max_new_tokens=12, batch_size=8, redraw_unchanged=3))
     calls = []
 
-    def scripted(prompts):  # the first two rounds give the seen file, then a new one
+    def scripted(prompts):  # the first two rounds give the seen file, then a new one per row
         calls.append(len(prompts))
-        return [Generated(f"```diff\n{DELTA_A if len(calls) <= 2 else other}```", 10, 5, "fence") for _ in prompts]
+        return [Generated(f"```diff\n{DELTA_A if len(calls) <= 2 else DELTA_A.replace('x * 2', f'x * {3 + j}')}```",
+                          10, 5, "fence") for j in range(len(prompts))]
 
     sampler.generate = scripted
     seen_file = apply_delta(CODE_A, DELTA_A).code
@@ -503,4 +503,29 @@ def test_a_proposal_of_a_seen_file_is_drawn_again_when_the_loop_says_what_it_has
         proposals = sampler.propose([Baseline("a", CODE_A)], 3, np.random.default_rng(0))
         assert calls == [3] + [3] * rounds
         assert all(p.meta.get("redraws", 0) == rounds for p in proposals)
-        assert all(("x * 3" in p.delta) == bool(rounds) for p in proposals)
+        assert all(("x * 2" not in p.delta) == bool(rounds) for p in proposals)
+
+
+def test_answers_that_build_the_same_file_are_drawn_again_but_one(tokenizer):
+    """Siblings of one batch that build one file: the loop would read all but one as repeats."""
+    from cem_nas.sampler.llm import Generated
+
+    sampler = make_sampler(tokenizer, generation=GenerationSettings(max_new_tokens=12, batch_size=8, redraw_unchanged=2))
+    calls = []
+
+    def scripted(prompts):  # round 1: four rows, one file (spaced two ways); then a new file per row
+        calls.append(len(prompts))
+        if len(calls) == 1:
+            return [Generated(f"```diff\n{DELTA_A.replace('x * 2', 'x*2' if j % 2 else 'x * 2')}```", 10, 5, "fence")
+                    for j in range(len(prompts))]
+        return [Generated(f"```diff\n{DELTA_A.replace('x * 2', f'x * {10 * len(calls) + j}')}```", 10, 5, "fence")
+                for j in range(len(prompts))]
+
+    sampler.generate = scripted
+    sampler.seen = lambda code: False
+    proposals = sampler.propose([Baseline("a", CODE_A)], 4, np.random.default_rng(0))
+    assert calls == [4, 3]  # 'x*2' and 'x * 2' are one file to the loop's repeat rule
+    assert len({p.delta for p in proposals}) == 4 and sum(p.meta.get("redraws", 0) for p in proposals) == 3
+    sampler.seen = None  # without the loop's redraw_repeats siblings stay
+    calls.clear()
+    assert len({p.delta.replace("x*2", "x * 2") for p in sampler.propose([Baseline("a", CODE_A)], 4, np.random.default_rng(0))}) == 1

@@ -28,6 +28,7 @@ from cem_nas.build import INFEASIBLE, build
 from cem_nas.delta import cut_after_hunks
 from cem_nas.progress import QUIET, Progress, StepReporter
 from cem_nas.records import Baseline, Elite, Proposal, TaskSpec, UpdateStats
+from cem_nas.repeats import exact_key
 from cem_nas.sampler import lora as lora_sft
 from cem_nas.sampler.hints import HintSettings, KindDistribution, applicable_kinds, corpus_pair_kinds, hint_text
 from cem_nas.sampler.decode import (
@@ -574,8 +575,10 @@ class LLMSampler:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             self._draw(slots, prompts, names, kinds, seed, proposals)
+            parents = [baselines[b].code for b in assigned]
+            again: list[int] = []
             for _ in range(self.generation.redraw_unchanged):
-                again = [i for i in slots if self.infeasible(proposals[i], baselines[assigned[i]].code)]
+                again = self.redraw_slots(slots, proposals, parents, again)
                 if not again:
                     break
                 redraws = {i: proposals[i].meta.get("redraws", 0) + 1 for i in again}
@@ -589,8 +592,25 @@ class LLMSampler:
         leaves ``parent`` as it was, changes the fixed training recipe (:data:`cem_nas.build.INFEASIBLE`)
         or, with ``seen`` installed, builds a file the run has seen. An answer that does not
         parse or apply is not: it is a failure of its own."""
-        built = build(parent, proposal, self.mode, self.scope)
-        return built.status in INFEASIBLE or (not built.status and self.seen is not None and self.seen(built.code))
+        return bool(self.redraw_slots([0], [proposal], [parent]))
+
+    def redraw_slots(self, slots: list[int], proposals: list, parents: list[str], last: list[int] = ()) -> list[int]:
+        """The slots whose answers are drawn again: the infeasible ones (:meth:`infeasible`) and,
+        with ``seen`` installed, an answer that builds the same file as another of the batch
+        (equal by :func:`cem_nas.repeats.exact_key`, as the loop tells repeats): the loop would
+        read it as a repeat of its sibling. Of equal files the one kept is an answer not drawn
+        in the ``last`` round, then the first in slot order."""
+        again, files = [], set()
+        for i in sorted(slots, key=lambda i: i in last):
+            built = build(parents[i], proposals[i], self.mode, self.scope)
+            if built.status in INFEASIBLE:
+                again.append(i)
+            elif not built.status and self.seen is not None:
+                key = exact_key(built.code)
+                if key in files or self.seen(built.code):
+                    again.append(i)
+                files.add(key)
+        return sorted(again)
 
     def _draw(self, slots: list[int], prompts: list[str], names: list[str], kinds: list[str], seed: int,
               proposals: list) -> None:
