@@ -4,8 +4,9 @@ LLMs write diffs with wrong ``@@`` numbers, wrong counts, drifted whitespace, fe
 and chatter around them. The applier, not the format, carries reliability (Aider's
 unified-diff study), so :func:`apply_delta` tries tiers in order and records which one
 made the delta apply. Every tier verifies: a hunk is applied only where its old side
-(context and removed lines) is found, and a match found at several equally good places
-is refused.
+(context and removed lines) is found, all of it up to the content tier, its removed lines
+and all but a few context lines after it, and a match found at several equally good
+places is refused.
 
 ``strict``
     unidiff parses the diff as written (headers, counts) and every hunk's old side
@@ -32,8 +33,15 @@ is refused.
     ``BatchNorm2d, ReLU, MaxPool2d``: its new side is the text it wants there, and the
     skipped lines are replaced) or forgets it (no added line repeats a skipped one: the
     skipped lines stay where they were). The smallest gap wins; ties as below.
+``fuzz``
+    for a hunk the gapped tier finds nowhere: the content tier's search with up to
+    :data:`MAX_FUZZ` context lines ignored at the hunk's start, its end, then both (as
+    GNU patch's fuzz factor): a model often misremembers the first or last line of its
+    context. What is left must still hold a change and a non-blank old line; the ignored
+    lines stay in the file as they are; a trimmed hunk found at several places refuses
+    the hunk.
 ``partial``
-    only with ``partial=True``: the hunks that verify at the gapped tier are applied,
+    only with ``partial=True``: the hunks that verify at the fuzz tier are applied,
     the others are reported in :attr:`Applied.hunks`.
 
 Ties: among candidate places of equal match quality (exact < whitespace-only <
@@ -81,7 +89,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import unidiff
 
@@ -91,9 +99,11 @@ MAX_DELTA_CHARS = 64_000
 #: Largest source or result accepted, in characters.
 MAX_RESULT_CHARS = 256_000
 #: Tier names, in the order they are tried.
-TIERS = ("strict", "recount", "content", "gapped", "partial")
+TIERS = ("strict", "recount", "content", "gapped", "fuzz", "partial")
 #: Most source lines the ``gapped`` tier lets a hunk's old side skip: one short block.
 MAX_GAP = 8
+#: Most context lines the ``fuzz`` tier ignores at each end of a hunk (GNU patch's default fuzz factor).
+MAX_FUZZ = 2
 #: Values of :attr:`DeltaError.kind`.
 ERROR_KINDS = ("parse_error", "apply_error")
 
@@ -460,9 +470,9 @@ def _changes(removed: list, added: list) -> bool:
 
 
 def _hunk_changes(hunk: _Hunk) -> bool:
-    # a line's newline counts: a hunk that only adds the final newline changes the file
-    return _changes([(t, eol) for tag, t, eol in hunk.body if tag == "-"],
-                    [(t, eol) for tag, t, eol in hunk.body if tag == "+"])
+    # old and new sides, not removed and added lines: a hunk may move a line (a blank one
+    # above a def to below it); a line's newline counts (adding the final newline is a change)
+    return _changes(hunk.old, hunk.new)
 
 
 def _without_noop_hunks(parsed: _Parsed) -> _Parsed:
@@ -589,9 +599,10 @@ class _Miss(Exception):
     message that is shown, the last tier's, not once per tier tried.
     """
 
-    def __init__(self, why: str | Callable[[], str]):
+    def __init__(self, why: str | Callable[[], str], ambiguous: bool = False):
         super().__init__(why)
         self.why = why
+        self.ambiguous = ambiguous
 
     def __str__(self) -> str:
         return self.why() if callable(self.why) else self.why
@@ -632,7 +643,7 @@ def _choose(hunk: _Hunk, places: list[int], what: str) -> int:
     shown = ", ".join(str(p + 1) for p in places[:6])
     raise _Miss(
         f"{_label(hunk)}: its old lines match {what} at {len(places)} places (lines {shown}): ambiguous; "
-        "add context lines that tell them apart or give the right @@ line number"
+        "add context lines that tell them apart or give the right @@ line number", ambiguous=True
     )
 
 
@@ -747,6 +758,44 @@ def _locate_gapped(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
     kept = (0, []) if all(t.strip() in added for t, _ in skipped if t.strip()) else (k, skipped)
     return _place(src, hunk, p, len(old) + g, src[p : p + k] + src[p + k + g : p + len(old) + g], "gapped", crlf,
                   kept=kept)
+
+
+def _trimmed(hunk: _Hunk, lead: int, trail: int) -> _Hunk | None:
+    """``hunk`` without ``lead`` leading and ``trail`` trailing lines, if all of those are
+    context and what is left still has a non-blank old line and a change."""
+    n = len(hunk.body)
+    ends = hunk.body[:lead] + hunk.body[n - trail :]
+    rest = hunk.body[lead : n - trail]
+    if lead + trail >= n or any(tag != " " for tag, _, _ in ends):
+        return None
+    if not any(tag != " " for tag, _, _ in rest) or not any(t.strip() for tag, t, _ in rest if tag != "+"):
+        return None
+    start = None if hunk.old_start is None else hunk.old_start + lead
+    count = None if hunk.old_count is None else hunk.old_count - lead - trail
+    return replace(hunk, body=rest, bare=hunk.bare[lead : n - trail], old_start=start, old_count=count)
+
+
+def _locate_fuzz(src: list[Line], hunk: _Hunk, crlf: bool) -> _Placement:
+    """The gapped tier; for a hunk it finds nowhere, the content tier's search with up to
+    :data:`MAX_FUZZ` context lines ignored at its start, its end, then both (fewest first).
+    A hunk found at several places, whole or trimmed, is refused: fewer lines never decide."""
+    try:
+        return _locate_gapped(src, hunk, crlf)
+    except _Miss as miss:
+        if miss.ambiguous:
+            raise
+        for f in range(1, MAX_FUZZ + 1):
+            for lead, trail in ((f, 0), (0, f), (f, f)):
+                if (inner := _trimmed(hunk, lead, trail)) is None:
+                    continue
+                try:
+                    placed = _locate_content(src, inner, crlf)
+                except _Miss as trimmed_miss:
+                    if trimmed_miss.ambiguous:
+                        raise miss from None
+                    continue
+                return replace(placed, hunk=hunk, tier="fuzz")
+        raise
 
 
 def _place(src: list[Line], hunk: _Hunk, p: int, length: int, matched: list[Line], tier: str, crlf: bool,
@@ -901,7 +950,7 @@ def _results(placed: list[_Placement], hunks: list[_Hunk], missed: dict[int, _Mi
 def apply_delta(source: str, delta: str, partial: bool = False, complete: bool | None = None) -> Applied:
     """Apply a unified diff (possibly wrapped in an LLM's answer) to ``source``.
 
-    Tries the tiers strict -> recount -> content -> gapped (-> partial when ``partial=True``)
+    Tries the tiers strict -> recount -> content -> gapped -> fuzz (-> partial when ``partial=True``)
     described in the module docstring; returns the first that places every hunk.
     ``complete``: whether ``delta`` is known to be whole (see the module docstring).
     Raises :class:`DeltaError`: ``parse_error`` if no diff can be read, ``apply_error``
@@ -916,7 +965,7 @@ def apply_delta(source: str, delta: str, partial: bool = False, complete: bool |
     source = _check_text(source, "source", MAX_RESULT_CHARS, "apply_error")
     src = _split(source)
     crlf = sum(t.endswith("\r") for t, _ in src) * 2 > len(src)
-    passes = [("recount", _locate_recount), ("content", _locate_content), ("gapped", _locate_gapped)]
+    passes = [("recount", _locate_recount), ("content", _locate_content), ("gapped", _locate_gapped), ("fuzz", _locate_fuzz)]
     if _unidiff_agrees(parsed):
         passes.insert(0, ("strict", _locate_strict))
     for tier, locate in passes:

@@ -214,6 +214,22 @@ def test_a_skipped_line_no_added_line_repeats_is_forgotten_context_and_stays():
                                                          "relu(y)\n        y = y * x\n        return y\n\n    def block_b"))
 
 
+def test_a_misremembered_end_of_context_is_ignored_at_the_fuzz_tier():
+    """runs/bench_diversity_1205b/hints_reject, cycle 0: the 0.5B's last context line is a conv
+    where vgg has a pooling layer; like GNU patch's fuzz, up to MAX_FUZZ end lines are ignored."""
+    base = zoo.source("vgg")
+    conv = "            nn.Conv2d(16, 16, 3, padding=1),\n"
+    block = conv + "            nn.BatchNorm2d(16),\n            nn.ReLU(),\n"
+    assert base.count(block + block) == 1 and base.count(block + block + conv) == 0, "the zoo's vgg changed"
+    body = "".join(" " + line + "\n" for line in block.splitlines())
+    delta = f"@@ -14,12 +14,12 @@\n{body}-{conv}+{conv.replace('3, padding=1', '5, padding=2')}{body[len(conv) + 1:]} {conv}"
+    r = apply_delta(base, delta)
+    assert (r.tier, r.hunks[0].start) == ("fuzz", base[: base.index(block + block)].count("\n") + 1)
+    assert r.code == base.replace(block + block, block + block.replace("3, padding=1", "5, padding=2"))
+    # what is left once the ends are ignored must still hold a change: a hunk of context only never fuzzes
+    assert outcome(base, f"@@ @@\n x = 1\n {conv}+    y = 2\n")[0] == "apply_error"
+
+
 def test_a_gap_is_refused_when_ambiguous_too_long_or_at_an_end():
     # the two residual blocks: "relu" skipped between stem and "y + x" fits both
     skip = "@@ @@\n         y = self.stem(x)\n+        y = torch.relu(y)\n+        y = torch.tanh(y)\n         y = y + x\n"
@@ -227,9 +243,9 @@ def test_a_gap_is_refused_when_ambiguous_too_long_or_at_an_end():
     assert lines[D.MAX_GAP + 2].strip(), "pick an end line that is not blank"
     assert "context not found" in outcome(SAMPLE, far)[1].message
     assert outcome(SAMPLE, far.replace(f" {lines[D.MAX_GAP + 3]}", f" {lines[D.MAX_GAP + 2]}"))[0] == "gapped"
-    # a line the source lacks at either end is no gap
+    # a line the source lacks at either end is no gap (the fuzz tier ignores it)
     for end in (f"@@ @@\n {lines[0]}\n+import os\n {lines[1]}\n x = 1\n", f"@@ @@\n x = 1\n+import os\n {lines[0]}\n {lines[1]}\n"):
-        assert outcome(SAMPLE, end)[0] == "apply_error"
+        assert outcome(SAMPLE, end)[0] == "fuzz"
 
 
 def test_missing_context_is_refused_and_the_nearest_line_named():
@@ -240,12 +256,12 @@ def test_missing_context_is_refused_and_the_nearest_line_named():
 
 
 def test_partial_applies_the_hunks_that_verify():
-    bad = BASE.replace(" x = self.block_b(x)", " x = self.block_c(x)")
+    bad = BASE.replace(" x = torch.flatten(", " x = torch.ravel(")  # next to the change: more than fuzz
     assert outcome(SAMPLE, bad)[0] == "apply_error"
     r = apply_delta(SAMPLE, bad, partial=True)
     assert r.tier == "partial"
     assert [(h.applied, h.tier) for h in r.hunks] == [(True, "recount"), (False, None)]
-    assert "block_c" in r.hunks[1].message
+    assert "torch.ravel" in r.hunks[1].message
     assert r.code == SAMPLE.replace("32, 3, padding=1)", "64, 5, padding=2)").replace("nn.Linear(32,", "nn.Linear(64,")
 
 
@@ -528,9 +544,11 @@ def test_applied_hunks_sit_where_their_old_lines_are(delta, partial):
         if h.applied:
             old = old_sides[h.index]
             at = [t.strip() for t in SAMPLE_LINES[h.start - 1 :]]
-            if h.tier == "gapped":  # the old side, less one run of up to MAX_GAP lines inside it
-                assert any(at[:k] + at[k + g : len(old) + g] == old for k in range(1, len(old))
-                           for g in range(1, D.MAX_GAP + 1)), h
+            if h.tier in ("gapped", "fuzz"):  # less one run of lines inside it; less a few at its ends
+                fuzz = D.MAX_FUZZ if h.tier == "fuzz" else 0
+                inner = [old[a : len(old) - b] for a in range(fuzz + 1) for b in range(fuzz + 1)]
+                assert any(at[:k] + at[k + g : len(o) + g] == o for o in inner if o for k in range(len(o))
+                           for g in range(D.MAX_GAP + 1)), h
             else:
                 assert at[: len(old)] == old
         else:
