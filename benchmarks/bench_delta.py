@@ -93,7 +93,7 @@ def edit_pairs(per_baseline: int, rng: np.random.Generator) -> list[tuple[str, s
 def run(per_baseline: int, seed: int, partial: bool) -> None:
     rng = np.random.default_rng(seed)
     pairs = edit_pairs(per_baseline, rng)
-    columns = [*TIERS[:5], *(["partial"] if partial else []), "parse_error", "apply_error", "correct"]
+    columns = [*TIERS[:-1], *(["partial"] if partial else []), "parse_error", "apply_error", "correct"]
     print(f"{len(pairs)} deltas from {len(zoo.names())} baselines, partial={partial}; shares in %, "
           f"median apply time in ms\n")
     print(f"{'perturbation':24s}" + "".join(f"{c:>12s}" for c in columns) + f"{'median_ms':>11s}")

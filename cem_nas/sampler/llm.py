@@ -20,6 +20,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import Collection
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -594,7 +595,7 @@ class LLMSampler:
         parse or apply is not: it is a failure of its own."""
         return bool(self.redraw_slots([0], [proposal], [parent]))
 
-    def redraw_slots(self, slots: list[int], proposals: list, parents: list[str], last: list[int] = ()) -> list[int]:
+    def redraw_slots(self, slots: list[int], proposals: list, parents: list[str], last: Collection[int] = ()) -> list[int]:
         """The slots whose answers are drawn again: the infeasible ones (:meth:`infeasible`) and,
         with ``seen`` installed, an answer that builds the same file as another of the batch
         (equal by :func:`cem_nas.repeats.exact_key`, as the loop tells repeats): the loop would
