@@ -57,6 +57,9 @@ SETTINGS: dict[str, dict[str, str]] = {
     "aging_frozen": {"search.baseline_mode": "refine", "search.refine_top": "10", "search.refine_age": "1",
                      "sampler.generation.redraw_unchanged": "4", "sampler.lora.steps": "0"},
     "refine_hot": {"search.baseline_mode": "refine", "search.refine_top": "9", "sampler.generation.temperature": "0.9"},
+    # duplicates rejected, at most 2 parents of one lineage: do parents of other families keep
+    # the one-edit neighbourhood from running out (the resnet variants one activation apart)?
+    "per_family": {"search.duplicates": "reject", "search.refine_per_family": "2"},
     "big_step": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8"},
     "big_step_smooth": {"sampler.lora.lr": "1e-3", "sampler.lora.steps": "8", "sampler.lora.smoothing": "0.3"},
     "smooth": {"sampler.lora.smoothing": "0.5"},

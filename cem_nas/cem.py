@@ -30,6 +30,7 @@ import math
 import platform
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -61,6 +62,13 @@ class Ranked:
     code: str
     score: float
     cycle: int
+    family: str = ""
+    """The zoo baseline its lineage starts from ("" in states saved before lineages were kept:
+    the candidate is then a family of its own)."""
+
+    @property
+    def lineage(self) -> str:
+        return self.family or self.name
 
 
 @dataclass
@@ -325,13 +333,20 @@ class CEM:
         """Keep the parents of the next refine cycle (see :meth:`parents`) and what may replace
         them: the best valid candidates so far, and with ``refine_age`` every young one. A
         repeat is not kept beside its twin."""
+        lineage = {r.name: r.lineage for r in self.state.best}
         for c in record.candidates:
             if c.status == "ok" and not c.twin:
                 name = candidate_name(record.cycle, c.cand)
-                self.state.best.append(Ranked(name, c.code, c.score, record.cycle))
+                self.state.best.append(Ranked(name, c.code, c.score, record.cycle, lineage.get(c.baseline, c.baseline)))
         self.state.best.sort(key=lambda r: (-r.score, r.cycle, r.name))
-        top = max(self.cfg.search.refine_top, 1)
-        self.state.best = [r for i, r in enumerate(self.state.best) if i < top or self._young(r, record.cycle + 1)]
+        # the best refine_top of every lineage, so that a per-family cap still finds its parents
+        top, rank = max(self.cfg.search.refine_top, 1), Counter()
+        kept = []
+        for r in self.state.best:
+            rank[r.lineage] += 1
+            if rank[r.lineage] <= top or self._young(r, record.cycle + 1):
+                kept.append(r)
+        self.state.best = kept
         self.born = {r.name: r.cycle for r in self.state.best}
 
     def _young(self, r: Ranked, t: int) -> bool:
@@ -342,16 +357,28 @@ class CEM:
     def parents(self, t: int) -> list[Ranked]:
         """The refine parents of cycle ``t``: the best ``refine_top`` so far (candidates and,
         with ``refine_zoo``, the scored zoo baselines as born in cycle -1), or with
-        ``refine_age`` the best still young enough, topped up with the best older ones."""
+        ``refine_age`` the best still young enough, topped up with the best older ones. With
+        ``refine_per_family`` k, at most k parents of one lineage (zoo root) while other
+        lineages have candidates left; the best of the rest fill the list when they have none."""
         pool = sorted(self.state.best + self.scored_zoo(), key=lambda r: (-r.score, r.cycle, r.name))
-        old = [r for r in pool if not self._young(r, t)]
-        return ([r for r in pool if self._young(r, t)] + old)[: self.cfg.search.refine_top]
+        ordered = [r for r in pool if self._young(r, t)] + [r for r in pool if not self._young(r, t)]
+        top, cap = self.cfg.search.refine_top, self.cfg.search.refine_per_family
+        if cap <= 0:
+            return ordered[:top]
+        picked, per = [], Counter()
+        for r in ordered:
+            if per[r.lineage] < cap:
+                picked.append(r)
+                per[r.lineage] += 1
+        names = {r.name for r in picked}
+        chosen = {r.name for r in (picked + [r for r in ordered if r.name not in names])[:top]}
+        return [r for r in ordered if r.name in chosen]
 
     def scored_zoo(self) -> list[Ranked]:
         """The zoo baselines with their proxy scores, when refine_zoo puts them in the parents' pool."""
         if not self.cfg.search.refine_zoo:
             return []
-        return [Ranked(b.name, b.code, r.accuracy, -1) for b in self.zoo
+        return [Ranked(b.name, b.code, r.accuracy, -1, b.name) for b in self.zoo
                 if (r := self.repeats.result(b.name)) is not None and r.status == "ok"]
 
     def attrs(self) -> dict[str, Any]:

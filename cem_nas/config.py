@@ -99,6 +99,11 @@ class SearchSettings:
     was born in (the aging of regularized evolution, Real et al. 2019), so the parents keep
     changing and with them the files a single edit can reach; when fewer than refine_top are
     young enough, the best older ones fill the list. 0 = no aging: the best so far stay."""
+    refine_per_family: int = 0
+    """In refine mode, at most this many parents of one lineage (the zoo baseline its edits
+    started from) while other lineages have candidates in the pool; 0 = no cap. Without it the
+    parents can all be one family's variants a single edit apart, whose one-edit
+    neighbourhood the model soon exhausts (niching, as in fitness sharing)."""
     replicate_candidates: int = 12
     """Scored candidates per cycle (chosen at random) that get extra proxy runs, for the SNR,
     >= 0 (an ICC interval of +-0.1 needs ~11 at the default proxy's ICC; evidence:
@@ -236,6 +241,7 @@ RANGES = {
     "search.elite_fraction": (0.0, 1.0, True, False),
     "search.refine_top": (1, None, False, False),
     "search.refine_age": (0, None, False, False),
+    "search.refine_per_family": (0, None, False, False),
     "search.replicate_candidates": (0, None, False, False),
     "search.replicate_seeds": (1, None, False, False),
     "search.novelty_threshold": (0.0, 1.0, True, False),

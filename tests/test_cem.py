@@ -494,3 +494,46 @@ def test_redraw_repeats_shows_the_sampler_what_the_run_has_seen_while_it_samples
     new = next(c for c in first.candidates if c.status == "ok" and c.is_new)
     assert sampler.during(zoo.source("mlp")) and sampler.during(new.code)
     assert not sampler.during(zoo.source("vgg"))  # not a baseline of this run
+
+
+def test_refine_per_family_caps_the_parents_of_one_lineage(tmp_path):
+    from cem_nas.cem import Ranked
+
+    cfg = small_config(tmp_path, **{"search.baseline_mode": "refine", "search.refine_top": "2",
+                                    "search.refine_zoo": "false", "search.refine_per_family": "1"})
+    loop = open_loop(cfg, ScriptedSampler(), FakePool())
+    loop.state.best = [Ranked("a1", "", 0.9, 0, "resnet"), Ranked("a2", "", 0.8, 0, "resnet"),
+                       Ranked("b1", "", 0.7, 0, "vgg"), Ranked("a3", "", 0.6, 0, "resnet")]
+    assert [r.name for r in loop.parents(1)] == ["a1", "b1"]
+    loop.cfg.search.refine_top = 3  # one other lineage only: the best of the rest fill the list, in rank order
+    assert [r.name for r in loop.parents(1)] == ["a1", "a2", "b1"]
+    loop.cfg.search.refine_per_family = 0
+    assert [r.name for r in loop.parents(1)] == ["a1", "a2", "b1"]
+    loop.cfg.search.refine_top = 2
+    assert [r.name for r in loop.parents(1)] == ["a1", "a2"]
+    # states saved before lineages were kept: each candidate is a lineage of its own
+    assert Ranked("c0001_002", "", 0.5, 1).lineage == "c0001_002"
+
+
+def test_candidates_inherit_their_parent_s_lineage(tmp_path):
+    cfg = small_config(tmp_path, **{"search.candidates": "12", "search.cycles": "3", "search.baseline_mode": "refine",
+                                    "search.refine_top": "3", "search.novelty_threshold": "1.0",
+                                    "search.refine_per_family": "1",
+                                    "search.baselines": "mlp,plainnet,vgg,alexnet"})
+    loop = open_loop(cfg, ScriptedSampler(), FakePool())
+    records = [loop.step() for _ in range(3)]
+    zoo_names = {"mlp", "plainnet", "vgg", "alexnet"}
+    family = {b: b for b in zoo_names}
+    for record in records:
+        for c in record.candidates:
+            if c.status == "ok" and not c.twin:
+                family[f"c{record.cycle:04d}_{c.cand:03d}"] = family[c.baseline]
+    assert {r.family for r in loop.state.best} <= zoo_names
+    assert all(r.family == family[r.name] for r in loop.state.best)
+    assert any(r.cycle >= 1 for r in loop.state.best), "no second-generation candidate: change the fake scores"
+    for record in records[1:]:
+        lineages = [family[b] for b in record.baselines]
+        assert len(set(lineages)) == len(lineages)  # one parent per lineage while others have candidates
+    resumed = open_loop(apply_overrides(cfg, {"run.name": "resumed"}), ScriptedSampler(), FakePool())
+    resumed.load_state_dict(loop.state_dict())
+    assert [(r.name, r.family) for r in resumed.parents(3)] == [(r.name, r.family) for r in loop.parents(3)]
