@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted; completed cycles are kept. Rerun the same command to continue", file=sys.stderr)
             return 130
-    cells = {(cfg.sampler.model, cfg.sampler.mode): Path(cfg.run.runs_dir) / cfg.run.name for cfg in configs}
+    # every run of the protocol under OUT, not only this command's: running the LLMs one command
+    # each must not leave a report of the last one alone
+    everything = [cell_config(base, args.out, model, mode) for model in dict.fromkeys([*args.models, *paper_table.MODELS])
+                  for mode in paper_table.MODES]
+    cells = {(cfg.sampler.model, cfg.sampler.mode): Path(cfg.run.runs_dir) / cfg.run.name for cfg in everything}
     try:
         text = paper_table.report(cells)
     except (StoreError, ValueError) as e:

@@ -49,6 +49,12 @@ def test_the_protocol_runs_resumes_a_shorter_run_and_reports(tmp_path, capsys):
     assert pp.main(TINY + ["--cycles", "2", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.count(": complete") == 2
     assert pp.main(TINY + ["--cycles", "2", "--out", str(tmp_path), "--report-only"]) == 0
+    # one LLM per command: the report still covers every run under OUT
+    other = [a if a != "smollm2" else "qwen2.5-coder-0.5b" for a in TINY]
+    assert pp.main(other + ["--cycles", "1", "--modes", "delta", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| ours | smollm2 | delta | 8 |" in report and "| ours | qwen2.5-coder-0.5b | delta | 4 |" in report
+    assert "3 of the full protocol's 6 runs" in report
 
 
 def test_an_interrupted_protocol_continues_where_it_stopped(tmp_path, monkeypatch, capsys):
