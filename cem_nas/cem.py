@@ -526,6 +526,8 @@ def run_search(cfg: RunConfig, resume_dir: str | Path | None = None) -> Path:
     if resume_dir is None:
         store.create(to_toml(cfg, header=f"resolved config of run {cfg.run.name}"), overwrite=cfg.run.overwrite)
     else:
+        for path in store.discard_leftovers():
+            print(f"resume: removed {path}, left by a run killed while writing it", file=sys.stderr, flush=True)
         # the resumable fields (cycles, workers, ...) may have changed: keep the file current
         store.write_config(to_toml(cfg, header=f"resolved config of run {cfg.run.name}"))
     dataset = load_data(cfg)

@@ -223,6 +223,16 @@ class RunStore:
         _fsync_dir(self.adapters_dir)
         return final
 
+    def discard_leftovers(self) -> list[Path]:
+        """Remove the temporary files and adapter directories of a writer killed mid-write
+        (an atomic write's ``.NAME.*.tmp``, a half-saved ``.cycle_NNNN.*`` adapter) and return
+        them. Only for the run's one writer, on resume: a reader must not call it, as the
+        temporaries of a live writer look the same."""
+        found = [*self.root.glob(".*.tmp"), *self.cycles_dir.glob(".*.tmp"), *self.adapters_dir.glob(".cycle_*")]
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return found
+
     def save_state(self, state: dict) -> None:
         atomic_write_text(self.root / STATE_FILE, json.dumps(state, allow_nan=True))
 

@@ -90,6 +90,19 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary left behind
 
 
+def test_discard_leftovers_removes_only_a_killed_writer_s_temporaries(tmp_path):
+    store = write_cycles(tmp_path / "run")
+    leftovers = [store.cycles_dir / ".cycle_0001.nc.x1.tmp", store.root / ".state.json.x2.tmp"]
+    for path in leftovers:
+        path.write_text("half")
+    half_adapter = store.adapters_dir / ".cycle_0001.abc"
+    half_adapter.mkdir(parents=True)
+    kept = {p for p in store.root.rglob("*")} - {*leftovers, half_adapter}
+    assert set(store.discard_leftovers()) == {*leftovers, half_adapter}
+    assert set(store.root.rglob("*")) == kept
+    assert load(store.root).sizes["cycle"] == 2
+
+
 def test_adapter_save_is_atomic(tmp_path):
     store = RunStore(tmp_path / "run")
     store.create("")
