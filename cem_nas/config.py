@@ -103,9 +103,8 @@ class SearchSettings:
     """In refine mode, at most this many parents of one lineage (the zoo baseline its edits
     started from) while other lineages have candidates in the pool; 0 = no cap. Without it the
     parents can all be one family's variants a single edit apart, whose one-edit
-    neighbourhood the model soon exhausts (niching, as in fitness sharing). Off by default:
-    with the 0.5B at 2 per lineage the novel-valid yield fell to 0.04-0.25 a cycle (each
-    lineage's two parents one activation swap apart). Evidence: docs/results.md#per-family"""
+    neighbourhood the model soon exhausts (niching, as in fitness sharing). Off by default: with
+    the 0.5B it lowered the novel-valid yield. Evidence: docs/results.md#per-family"""
     replicate_candidates: int = 12
     """Scored candidates per cycle (chosen at random) that get extra proxy runs, for the SNR,
     >= 0 (an ICC interval of +-0.1 needs ~11 at the default proxy's ICC; evidence:

@@ -230,7 +230,10 @@ class RunStore:
         temporaries of a live writer look the same."""
         found = [*self.root.glob(".*.tmp"), *self.cycles_dir.glob(".*.tmp"), *self.adapters_dir.glob(".cycle_*")]
         for path in found:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return found
 
     def save_state(self, state: dict) -> None:
