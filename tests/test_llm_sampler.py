@@ -1,6 +1,7 @@
 """LLM sampler on a tiny random Llama with a byte-level BPE tokenizer built here (offline)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -62,7 +63,7 @@ def make_sampler(tokenizer, mode="delta", steps=20, lr=1e-2, prompt_grad=False, 
         lora=LoRASettings(rank=4, alpha=8, dropout=0.0, steps=steps, lr=lr, batch_size=4, prompt_grad=prompt_grad),
         generation=kw.pop("generation", GenerationSettings(max_new_tokens=12, max_new_tokens_full=12, batch_size=3)),
         warm_start=kw.pop("warm_start", WarmStartSettings(enabled=False)),
-        corpus=CORPUS, seed=1, **kw,
+        corpus=kw.pop("corpus", CORPUS), seed=1, **kw,
     )
 
 
@@ -168,6 +169,10 @@ def test_propose_is_seeded_and_keeps_global_rng(tokenizer):
 
 def test_update_raises_elite_likelihood(tokenizer):
     sampler = make_sampler(tokenizer, steps=25)
+    # every step's prompts encoded afresh (25 steps at lr 1e-2 move the prompts' keys/values
+    # far: a fixed context leaves the exact NLL 0.5-1.1 nats lower, not 3.3-3.4, over 6 seeds)
+    # and the NLL after measured exactly: compared below with a fresh NLL of the new adapter
+    sampler.lora.fixed_context, sampler.lora.exact_nll_after = False, True
     elites = elites_for(sampler)
     stats = sampler.update(elites)
     assert stats.steps == 25 and stats.examples == 2 and stats.seconds > 0
@@ -183,6 +188,7 @@ def test_update_raises_elite_likelihood(tokenizer):
 def test_parameter_smoothing_blends_the_fit_with_the_previous_adapter(tokenizer):
     plain, smoothed = make_sampler(tokenizer, steps=5), make_sampler(tokenizer, steps=5)
     smoothed.lora.smoothing = 0.25
+    smoothed.lora.exact_nll_after = True
     before = lora_sft.trainable_state(smoothed.model)
     plain.update(elites_for(plain))
     stats = smoothed.update(elites_for(smoothed))
@@ -245,6 +251,32 @@ def test_warm_start_is_cached(tokenizer, tmp_path, monkeypatch):
     assert torch.allclose(logits_of(first, "x"), logits_of(second, "x"), atol=1e-6)
     assert make_sampler(tokenizer, mode="delta", warm_start=warm).warm_start_dir() != first.warm_start_dir()
 
+
+def test_a_step_s_corpus_pairs_share_one_prompt_and_each_pair_keeps_its_chance(tokenizer, monkeypatch):
+    """The update draws a step's corpus pairs from one prompt (one prefill per step); each
+    pair is still drawn with probability 1/len(corpus)."""
+    corpus = CORPUS + [("a2", CODE_A, CODE_A.replace("return x\n", "return -x\n"),
+                        DELTA_A.replace("+        return x * 2", "+        return -x"))]
+    sampler = make_sampler(tokenizer, steps=1, corpus=corpus)
+    sampler.lora = dataclasses.replace(sampler.lora, corpus_share=0.75, replay_share=0.0)
+    pairs = {tuple(ids): i for i, (ids, _) in enumerate(sampler._encode(sampler.corpus_examples())[0])}
+    drawn, prompts_per_step = [], []
+
+    def record(draw, steps, lr, bar, fixed_context=False):
+        rng = np.random.default_rng(0)
+        for _ in range(2000):
+            batch = [pairs[tuple(ids)] for ids, _ in draw(rng) if tuple(ids) in pairs]
+            drawn.extend(batch)
+            prompts_per_step.append(len({corpus[i][1] for i in batch}))
+        return [0.0]
+
+    monkeypatch.setattr(sampler, "_train", record)
+    elite = Elite("e", sampler.prompt_for(CODE_B), DELTA_B.replace("bias=False", "bias=True"), 0.9, 0)  # no corpus pair
+    sampler.update([elite])
+    assert max(prompts_per_step) == 1
+    counts = np.bincount(drawn, minlength=len(corpus))
+    n = len(drawn)  # each count ~ Binomial(n, 1/3); 4 standard deviations
+    assert np.all(np.abs(counts - n / 3) < 4 * math.sqrt(n * (1 / 3) * (2 / 3))), counts
 
 def test_bad_settings_are_refused(tokenizer):
     with pytest.raises(ValueError, match="mode"):

@@ -104,6 +104,7 @@ def test_update_gives_the_same_adapter_with_and_without_the_store(tokenizer):
     results = []
     for reuse in (True, False):
         sampler = make_sampler(tokenizer, steps=3)
+        sampler.lora = dataclasses.replace(sampler.lora, exact_nll_after=True)
         trained_looking(sampler)
         if not reuse:
             sampler.prompt_kv = None  # every prompt prefilled afresh
@@ -114,6 +115,34 @@ def test_update_gives_the_same_adapter_with_and_without_the_store(tokenizer):
     assert a.elite_nll_before == pytest.approx(b.elite_nll_before, rel=1e-5)
     assert a.elite_nll_after == pytest.approx(b.elite_nll_after, rel=1e-4)
     assert all(torch.allclose(theta_a[k], theta_b[k], atol=1e-5) for k in theta_a)
+
+
+def test_the_nll_after_keeps_theta_t_s_context_unless_exact(tokenizer):
+    """Without exact_nll_after the update's NLL after reads the elites' prompts as theta_t
+    encoded them (the objective its steps minimise) and prefills nothing again; with it, the
+    NLL of the new adapter from scratch. The adapter is the same either way."""
+    results = {}
+    for exact in (False, True):
+        sampler = make_sampler(tokenizer, steps=3)
+        sampler.lora = dataclasses.replace(sampler.lora, exact_nll_after=exact)
+        trained_looking(sampler)
+        elites = elites_for(sampler)
+        encoded = [lora_sft.encode_example(tokenizer, e.prompt, sampler.completion_for(e.completion)) for e in elites]
+        pad = tokenizer.pad_token_id
+        sampler.generate([e.prompt for e in elites])
+        theta_t = PromptKV()
+        with theta_t.pinned(sampler.model):  # the prompts as theta_t encodes them, kept through the update
+            lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, theta_t)
+            stats = sampler.update(elites)
+            on_theta_t = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4, theta_t)
+        fresh = lora_sft.mean_completion_nll(sampler.model, encoded, pad, "cpu", 4)
+        results[exact] = stats, lora_sft.trainable_state(sampler.model), sampler.prompt_kv.misses
+        assert stats.elite_nll_after == pytest.approx(fresh if exact else on_theta_t, rel=1e-4)
+        assert stats.elite_nll_after != pytest.approx(on_theta_t if exact else fresh, rel=1e-3)
+    (fixed, theta_f, misses_f), (exact, theta_e, misses_e) = results[False], results[True]
+    assert fixed.elite_nll_before == pytest.approx(exact.elite_nll_before, rel=1e-6)
+    assert all(torch.allclose(theta_f[k], theta_e[k], atol=1e-6) for k in theta_f)
+    assert (misses_f, misses_e) == (0, 2)  # the two elite prompts, prefilled again only for the exact NLL
 
 
 def test_a_pinned_store_serves_through_adapter_changes_and_empties_after(tokenizer):
@@ -168,3 +197,33 @@ def test_the_adapter_is_folded_only_when_a_prompt_is_prefilled(tokenizer, monkey
     lora_sft.train_steps(sampler.model, lambda rng: encoded, 1, 1e-2, pad, "cpu", np.random.default_rng(0),
                          prompt_grad=False, prompt_kv=store, fixed_context=True)
     assert folds == []  # the step found both prompts stored
+
+
+def test_a_stored_prompt_is_not_prefilled_again_and_draws_the_same_answers(tokenizer, monkeypatch):
+    """A redraw round (or the generation after an update whose NLL prefilled the prompts under
+    the adapter it leaves) reads the stored keys/values: one token's forward per prompt."""
+    sampler = make_sampler(tokenizer)
+    trained_looking(sampler)
+    prompts = [sampler.prompt_for(CODE_A), sampler.prompt_for(CODE_B), sampler.prompt_for(CODE_A)]
+    widths = []
+    forward = sampler.model.forward
+
+    def recorded(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[1])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(sampler.model, "forward", recorded)
+    torch.manual_seed(0)
+    first = sampler.generate(prompts)
+    prefilled = sorted(w for w in widths if w > 1)
+    assert len(prefilled) == 2 and sampler.prompt_kv.misses == 0  # two distinct prompts, nothing stored yet
+    widths.clear()
+    torch.manual_seed(0)
+    again = sampler.generate(prompts)
+    assert all(w == 1 for w in widths) and sampler.prompt_kv.hits == 2
+    assert [g.text for g in again] == [g.text for g in first]
+    with torch.no_grad():
+        next(p for p in sampler.model.parameters() if p.requires_grad).add_(0.1)
+    widths.clear()
+    sampler.generate(prompts)
+    assert sorted(w for w in widths if w > 1) == prefilled  # the adapter moved: prefilled afresh

@@ -222,11 +222,22 @@ def _attention_switched(model) -> Iterator[None]:
         config._attn_implementation = old
 
 
-def _prefill(model, prompt: list[int], device):
-    """Last-position logits and per-layer (keys, values) of one prompt, (1, kv_heads, P, d)."""
+def _prefill(model, prompt: list[int], device, head: list[tuple] | None = None):
+    """Last-position logits and per-layer (keys, values) of one prompt, (1, kv_heads, P, d).
+
+    ``head``, the stored keys/values of all but the prompt's last token, turns the prefill
+    into that one token's forward."""
     import torch
 
-    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
+    if head is None:
+        out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
+    else:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        for i, (keys, values) in enumerate(head):
+            cache.update(keys, values, i)
+        out = model(input_ids=torch.tensor([prompt[-1:]], device=device), cache=cache, use_cache=True)
     cache = out.cache
     return out.logits[0, -1].float(), [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -275,7 +286,9 @@ def decode(
     added and the rows finished so far (a progress bar's feed). ``fold_lora`` decodes with
     the adapter folded into the weights (:func:`lora_folded`). Each prompt's keys and values
     are put in ``prompt_kv`` (a :class:`~cem_nas.sampler.prompt_kv.PromptKV`), when given, for
-    the CE update that follows under the same adapter.
+    the CE update that follows under the same adapter, and a prompt it already holds under
+    the current adapter is not prefilled again (a redraw round, or a prompt whose keys and
+    values the update's NLL computed under the adapter it leaves).
     """
     import torch
 
@@ -288,7 +301,10 @@ def decode(
     with torch.no_grad(), (lora_folded(model) if fold_lora else nullcontext()), _attention_switched(model):
         first_logits, prefixes = [], []
         for j in live_groups:
-            logits, layers = _prefill(model, list(prompts[j]), device)
+            # holds first: a prompt the generation prefills is not the update's miss
+            stored = prompt_kv is not None and len(prompts[j]) > 1 and prompt_kv.holds(model, prompts[j], len(prompts[j]) - 1)
+            head = prompt_kv.get(model, prompts[j], len(prompts[j]) - 1) if stored else None
+            logits, layers = _prefill(model, list(prompts[j]), device, head)
             if prompt_kv is not None:
                 prompt_kv.put(model, prompts[j], layers)
             first_logits.append(logits)

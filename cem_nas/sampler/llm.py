@@ -18,6 +18,7 @@ import re
 import shutil
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from collections.abc import Collection
@@ -332,10 +333,7 @@ class LLMSampler:
             )
         # one baseline per step: the batch shares its prompt, which the shared-prompt loss
         # path then encodes once (a step costs ~ its completions, not batch x prompt)
-        groups: dict[tuple, list] = {}
-        for e in encoded:
-            groups.setdefault(tuple(e[0][: lora_sft.prompt_length(e[1])]), []).append(e)
-        members = list(groups.values())
+        members = lora_sft.by_prompt(encoded)
         # the probe is the largest baseline's pairs: on CPU a ~800-token prompt forward
         # costs seconds, so 8 pairs under one prompt cost 2 of them, not 8
         probe = max(members, key=len)[:8]
@@ -659,7 +657,8 @@ class LLMSampler:
         With hints, the distribution over kinds takes its smoothed CE step toward the
         elites' kinds (:class:`~cem_nas.sampler.hints.KindDistribution`).
         ``elite_nll_before/after`` is this cycle's elites' mean completion-token NLL
-        before/after (the CE objective; after = of the adapter the next cycle samples from);
+        before/after (the CE objective; after = of the adapter the next cycle samples from, on
+        the prompts' keys/values of theta_t unless ``lora.exact_nll_after``);
         ``loss_before/after`` are the first and last step's batch losses. An elite's
         completion should be its canonical delta (see :meth:`completion_for`). The elites
         then join the replay buffer.
@@ -671,16 +670,25 @@ class LLMSampler:
         replayed, _ = self._encode([(r["prompt"], r["completion"]) for r in self.replay])
         corpus, _ = self._encode(self.corpus_examples()) if self.lora.corpus_share > 0 else ([], 0)
         share_r, share_c = self.lora.replay_share, self.lora.corpus_share
+        # a step's corpus pairs come from one prompt, drawn by its number of pairs (each pair
+        # as likely as before): one prefill per step instead of one per distinct corpus prompt
+        corpus_groups = lora_sft.by_prompt(corpus)
+        corpus_weights = np.array([len(g) for g in corpus_groups], dtype=float) / max(len(corpus), 1)
 
         def draw(rng: np.random.Generator) -> list:
+            group = corpus_groups[int(rng.choice(len(corpus_groups), p=corpus_weights))] if corpus_groups else []
             batch = []
             for u in rng.random(self.lora.batch_size):
-                pool = replayed if u < share_r and replayed else corpus if share_r <= u < share_r + share_c and corpus else current
+                pool = replayed if u < share_r and replayed else group if share_r <= u < share_r + share_c and group else current
                 batch.append(pool[int(rng.integers(len(pool)))])
             return batch
 
         previous = lora_sft.trainable_state(self.model) if self.lora.smoothing < 1 else None
-        with self.progress.bar(self.lora.steps, "update (LoRA on the elites)", unit="step") as bar:
+        # without exact_nll_after the elites' prompts keep theta_t's keys/values through the NLL after
+        pin = (self.prompt_kv is not None and self.lora.fixed_context and not self.lora.prompt_grad
+               and not self.lora.exact_nll_after)
+        with self.progress.bar(self.lora.steps, "update (LoRA on the elites)", unit="step") as bar, \
+                (self.prompt_kv.pinned(self.model) if pin else nullcontext()):
             before = self._nll(current, bar)
             bar.reset()
             with lora_sft.lora_dropout(self.model, self.lora.update_dropout):

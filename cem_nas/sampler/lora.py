@@ -60,6 +60,13 @@ class LoRASettings:
     keys and values through its steps, saving one prefill per prompt and step after the
     first. False re-encodes every step's prompts under that step's adapter (the exact loss).
     The warm start always re-encodes. Evidence: docs/results.md#fixed-context."""
+    exact_nll_after: bool = False
+    """Measure the update's ``elite_nll_after`` with the elites' prompts prefilled again under
+    the updated adapter: the exact NLL of the adapter the next cycle samples from, at one
+    prompt prefill per distinct elite prompt. False (with fixed_context) keeps the keys and
+    values of theta_t the update trained on, so before and after differ through the
+    completion positions only: the objective the update's steps minimise, without those
+    prefills. Evidence for the difference: docs/results.md#update-time."""
     prompt_grad: bool = False
     """Backpropagate through the prompt positions too. False (default) encodes each
     distinct prompt once without gradient and trains through the completion positions
@@ -189,6 +196,15 @@ def encode_example(tokenizer, prompt: str, completion: str) -> tuple[list[int], 
     p = encode_prompt(tokenizer, prompt)
     c = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
     return p + c, [IGNORE] * len(p) + c
+
+
+def by_prompt(encoded: Sequence[tuple[list[int], list[int]]]) -> list[list]:
+    """``encoded`` examples grouped by their prompt, groups in order of first appearance:
+    the examples of one group share one prompt prefill (:func:`completion_nll_sum`)."""
+    groups: dict[tuple, list] = {}
+    for e in encoded:
+        groups.setdefault(tuple(e[0][: prompt_length(e[1])]), []).append(e)
+    return list(groups.values())
 
 
 def prompt_length(labels: Sequence[int]) -> int:

@@ -46,13 +46,14 @@ class PromptKV:
         prompt keeps the keys/values of the adapter under which it was first prefilled (the
         CE update's fixed context, ``LoRASettings.fixed_context``). After the block, the
         first lookup under an adapter that has moved since the entry empties the store, so
-        a prompt prefilled under a later adapter inside the block is never served outside it."""
+        a prompt prefilled under a later adapter inside the block is never served outside it.
+        Blocks nest: an inner block's end leaves the outer one pinned."""
         self._check(model)
-        self._pinned = True
+        outer, self._pinned = self._pinned, True
         try:
             yield self
         finally:
-            self._pinned = False
+            self._pinned = outer
 
     def _check(self, model) -> None:
         if self._pinned:
