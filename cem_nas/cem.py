@@ -242,11 +242,12 @@ class CEM:
             if not c.twin:
                 continue
             result = self.repeats.result(c.twin)
-            c.inherited, message = inherited(result, c.twin, c.novelty)
-            if self.cfg.search.duplicates == "inherit":
-                c.results, c.status, c.message = [c.inherited], c.inherited.status, message
+            reject = self.cfg.search.duplicates == "reject"
+            c.inherited, message = inherited(result, c.twin, c.novelty, rejected=reject)
+            if reject:
+                c.status, c.message = "duplicate", message
             else:
-                c.status, c.message = "duplicate", f"{message}; rejected (search.duplicates = reject)"
+                c.results, c.status, c.message = [c.inherited], c.inherited.status, message
 
     def evaluate(self, t: int, cands: list[Candidate]) -> None:
         """Proxy-train every new architecture, then replicate seeds on a random few scored ones."""

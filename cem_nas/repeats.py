@@ -97,9 +97,14 @@ class RepeatArchive:
         self.results = {k: None if r is None else EvalResult(**r) for k, r in state["results"].items()}
 
 
-def inherited(result: EvalResult, twin: str, similarity: float) -> tuple[EvalResult, str]:
-    """The result a repeat takes from its twin (not trained: no training time) and its message."""
+def inherited(result: EvalResult, twin: str, similarity: float, rejected: bool = False) -> tuple[EvalResult, str]:
+    """The result a repeat takes from its twin (not trained: no training time) and its
+    message; a ``rejected`` repeat (``search.duplicates = reject``) takes nothing, and its
+    message names the twin's result without saying it was inherited."""
     copy = dataclasses.replace(result, train_seconds=math.nan, eval_seconds=math.nan)
     how = "exact repeat" if similarity >= 1.0 else f"Jaccard {similarity:.3f}"
     what = f"score {result.accuracy:.4f}" if result.scored else f"failure: {result.message}"
+    if rejected:
+        return copy, (f"repeat of {twin} ({how}; the twin's result: {result.status}, {what}): rejected, "
+                      "not trained or scored (search.duplicates = reject)")
     return copy, f"repeat of {twin} ({how}): inherits its {result.status} ({what})"

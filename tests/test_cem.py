@@ -223,6 +223,8 @@ def test_a_rejected_repeat_is_a_duplicate_but_its_inherit_reading_is_stored(tmp_
     record = loop.step()
     repeat = record.candidates[-1]
     assert repeat.status == "duplicate" and math.isnan(repeat.score) and not repeat.is_elite
+    # the message names the twin's result but does not say the repeat took it
+    assert "inherits" not in repeat.message and "rejected, not trained or scored" in repeat.message
     assert repeat.reading("inherit") == ("ok", record.candidates[3].score)
     ds = load(loop.store.root)
     # every ok candidate is an elite, so E holds them all: the repeat is in E only when inherited
