@@ -27,7 +27,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
-from cem_nas.sampler.lora import lora_folded
+from cem_nas.sampler.lora import cache_of, lora_folded
 
 ATTENTION_NAME = "cem_shared_prefix"
 #: Model families whose attention modules follow the Llama layout this loop relies on.
@@ -232,12 +232,7 @@ def _prefill(model, prompt: list[int], device, head: list[tuple] | None = None):
     if head is None:
         out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
     else:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=model.config)
-        for i, (keys, values) in enumerate(head):
-            cache.update(keys, values, i)
-        out = model(input_ids=torch.tensor([prompt[-1:]], device=device), cache=cache, use_cache=True)
+        out = model(input_ids=torch.tensor([prompt[-1:]], device=device), cache=cache_of(model, head), use_cache=True)
     cache = out.cache
     return out.logits[0, -1].float(), [(layer.keys, layer.values) for layer in cache.layers]
 

@@ -267,7 +267,6 @@ def _prompt_caches(model, prompts: Sequence[tuple], k: Sequence[int], device, pr
     and when every prompt is stored the adapter is not folded at all.
     """
     import torch
-    from transformers import DynamicCache
 
     stored = [prompt_kv.get(model, p, len(p) - 1) if prompt_kv is not None and len(p) > 1 else None for p in prompts]
     missing = [j for j, p in enumerate(prompts) if stored[j] is None and len(p) > 1]
@@ -283,15 +282,18 @@ def _prompt_caches(model, prompts: Sequence[tuple], k: Sequence[int], device, pr
                         prompt_kv.put(model, prompts[j], stored[j])
         finally:
             model.train(was_training)
-    caches = []
-    for layers, copies in zip(stored, k):
-        cache = None
-        if layers is not None:
-            cache = DynamicCache(config=model.config)
-            for i, (keys, values) in enumerate(layers):
-                cache.update(keys.repeat_interleave(copies, 0), values.repeat_interleave(copies, 0), i)
-        caches.append(cache)
-    return caches
+    return [None if layers is None else cache_of(model, layers, copies) for layers, copies in zip(stored, k)]
+
+
+def cache_of(model, layers: Sequence[tuple], copies: int = 1):
+    """A ``DynamicCache`` holding per-layer ``(keys, values)`` of one prompt, each repeated
+    ``copies`` times along the batch (copies: the stored tensors are left as they are)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for i, (keys, values) in enumerate(layers):
+        cache.update(keys.repeat_interleave(copies, 0), values.repeat_interleave(copies, 0), i)
+    return cache
 
 
 def _nll_shared_prompt(model, encoded: Sequence, pad_id: int, device, prompt_kv=None) -> tuple[object, int]:
