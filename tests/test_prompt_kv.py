@@ -80,6 +80,27 @@ def test_nll_from_stored_prompts_equals_a_fresh_prefill(tokenizer):
     assert reused == pytest.approx(float(full) / count, rel=1e-4)
 
 
+def test_examples_of_several_prompts_give_each_example_s_nll_and_gradient_as_if_alone(tokenizer):
+    """Examples of different prompt and completion lengths in one call (prompts grouped,
+    completions padded within a group) give each example's NLL and LoRA gradient as if it
+    ran alone: no padding or position leaks between rows."""
+    sampler = make_sampler(tokenizer)
+    trained_looking(sampler)
+    encoded = encoded_pairs(sampler)
+    assert len({lora_sft.prompt_length(y) for _, y in encoded}) == 2
+    assert len({len(y) - lora_sft.prompt_length(y) for _, y in encoded}) >= 2
+    pad = tokenizer.pad_token_id
+    params = [p for p in sampler.model.parameters() if p.requires_grad]
+    joint, count = lora_sft.completion_nll_sum(sampler.model, encoded, pad, "cpu", prompt_grad=False)
+    joint_grads = torch.autograd.grad(joint, params)
+    alone = [lora_sft.completion_nll_sum(sampler.model, [e], pad, "cpu", prompt_grad=False) for e in encoded]
+    alone_grads = torch.autograd.grad(sum(nll for nll, _ in alone), params)
+    assert count == sum(n for _, n in alone)
+    assert float(joint) == pytest.approx(sum(float(nll) for nll, _ in alone), rel=1e-5)
+    for a, b in zip(joint_grads, alone_grads):  # fp32 sums in another order: rounding of ~1e-6 of the largest entry
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+
+
 def test_generation_fills_the_store_the_update_reads_and_a_step_invalidates_it(tokenizer):
     sampler = make_sampler(tokenizer, steps=2)
     trained_looking(sampler)
