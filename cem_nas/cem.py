@@ -238,11 +238,11 @@ class CEM:
 
     def settle_repeats(self, cands: list[Candidate]) -> None:
         """Give each repeat its twin's result (inherit) or the duplicate status (reject)."""
+        reject = self.cfg.search.duplicates == "reject"
         for c in cands:
             if not c.twin:
                 continue
             result = self.repeats.result(c.twin)
-            reject = self.cfg.search.duplicates == "reject"
             c.inherited, message = inherited(result, c.twin, c.novelty, rejected=reject)
             if reject:
                 c.status, c.message = "duplicate", message

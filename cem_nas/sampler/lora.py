@@ -309,15 +309,14 @@ def _nll_shared_prompt(model, encoded: Sequence, pad_id: int, device, prompt_kv=
     import torch
     import torch.nn.functional as F
 
-    groups: dict[tuple, list[list[int]]] = {}
-    for ids, labels in encoded:
-        n = prompt_length(labels)
-        if n < 1:
-            raise ValueError("an example needs at least one prompt token")
-        groups.setdefault(tuple(ids[:n]), []).append(ids[n:])
-    caches = _prompt_caches(model, list(groups), [len(c) for c in groups.values()], device, prompt_kv)
+    groups = by_prompt(encoded)
+    prompts = [tuple(ids[: prompt_length(labels)]) for ids, labels in (g[0] for g in groups)]
+    if not all(prompts):
+        raise ValueError("an example needs at least one prompt token")
+    caches = _prompt_caches(model, prompts, [len(g) for g in groups], device, prompt_kv)
     total, count = None, 0
-    for (prompt, completions), cache in zip(groups.items(), caches):
+    for prompt, group, cache in zip(prompts, groups, caches):
+        completions = [ids[len(prompt) :] for ids, _ in group]
         k = len(completions)
         width = max(len(c) for c in completions) + 1
         ids = torch.full((k, width), pad_id, dtype=torch.long)
